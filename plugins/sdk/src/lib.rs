@@ -1,0 +1,215 @@
+//! The Gatehouse plugin SDK.
+//!
+//! A plugin is a type that implements [`Plugin`] plus one call to [`export_plugin!`]; build the crate as a
+//! `cdylib` for `wasm32-unknown-unknown` and the result is a module that imports nothing and exports exactly
+//! what `plugins/abi/ABI.md` describes:
+//!
+//! ```
+//! use gatehouse_plugin_sdk::{Plugin, Manifest, Hook, PluginError, TransformInput, TransformOutput};
+//!
+//! pub struct Uppercase;
+//!
+//! #[derive(serde::Deserialize)]
+//! pub struct Config { field: String }
+//!
+//! impl Plugin for Uppercase {
+//!     type Config = Config;
+//!     fn manifest() -> Manifest {
+//!         gatehouse_plugin_sdk::manifest("uppercase", "transform", &[Hook::TransformRequest],
+//!             serde_json::json!({"type": "object", "properties": {"field": {"type": "string"}}}))
+//!     }
+//!     fn transform_request(cfg: &Config, mut input: TransformInput) -> Result<TransformOutput, PluginError> {
+//!         if let Some(v) = input.body.get_mut(&cfg.field) {
+//!             if let Some(s) = v.as_str() { *v = s.to_uppercase().into(); }
+//!         }
+//!         Ok(TransformOutput::Body(input.body))
+//!     }
+//! }
+//!
+//! gatehouse_plugin_sdk::export_plugin!(Uppercase);
+//! ```
+//!
+//! On targets other than wasm32 the macro exports nothing, so the plugin's own unit tests call the trait
+//! directly and several plugins can be linked into one native binary.
+#![deny(missing_docs)]
+
+pub use gatehouse_plugin_abi::{
+    self as abi, AuthnInput, AuthnVerdict, Hook, HookResult, Identity, Manifest, PluginError,
+    PrincipalKind, Refusal, RefusalCode, TransformInput, TransformOutput,
+};
+pub use serde_json;
+
+use serde::de::DeserializeOwned;
+
+/// A Gatehouse plugin: a pure function of its configuration and its input. Every hook has a default that
+/// answers `unsupported`; implement the ones the manifest lists.
+pub trait Plugin {
+    /// The plugin's configuration, deserialized from the JSON the host passes with every call.
+    type Config: DeserializeOwned;
+
+    /// What the plugin says about itself.
+    fn manifest() -> Manifest;
+
+    /// The `authenticate` hook.
+    fn authenticate(_config: &Self::Config, _input: AuthnInput) -> Result<AuthnVerdict, PluginError> {
+        Err(unsupported(Hook::Authenticate))
+    }
+
+    /// The `transform_request` hook.
+    fn transform_request(
+        _config: &Self::Config,
+        _input: TransformInput,
+    ) -> Result<TransformOutput, PluginError> {
+        Err(unsupported(Hook::TransformRequest))
+    }
+}
+
+/// Builds a [`Manifest`] whose version is the plugin crate's.
+pub fn manifest(name: &str, kind: &str, hooks: &[Hook], config: serde_json::Value) -> Manifest {
+    Manifest {
+        name: name.to_owned(),
+        version: env_version(),
+        kind: kind.to_owned(),
+        hooks: hooks.to_vec(),
+        config,
+    }
+}
+
+fn env_version() -> String {
+    option_env!("CARGO_PKG_VERSION").unwrap_or("0.0.0").to_owned()
+}
+
+fn unsupported(hook: Hook) -> PluginError {
+    PluginError::new("unsupported", format!("this plugin does not implement `{}`", hook.name()))
+}
+
+/// Exports a [`Plugin`] implementation as the functions of ABI v1 (on wasm32 only).
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __gatehouse_exports {
+            use super::*;
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn gatehouse_abi_version() -> i32 {
+                $crate::abi::ABI_VERSION as i32
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn gatehouse_alloc(len: i32) -> i32 {
+                $crate::rt::alloc(len)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn gatehouse_manifest() -> i64 {
+                $crate::rt::publish_json(&<$plugin as $crate::Plugin>::manifest())
+            }
+
+            /// # Safety
+            /// The host passes regions it obtained from `gatehouse_alloc` and filled.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn gatehouse_hook_authenticate(c: i32, cl: i32, i: i32, il: i32) -> i64 {
+                unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::authenticate) }
+            }
+
+            /// # Safety
+            /// The host passes regions it obtained from `gatehouse_alloc` and filled.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn gatehouse_hook_transform_request(c: i32, cl: i32, i: i32, il: i32) -> i64 {
+                unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request) }
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod rt {
+    //! The raw side of the boundary, used by [`export_plugin!`](crate::export_plugin). Every function here
+    //! turns failures into an error envelope; none panics on bad input.
+    use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// The last region returned to the host; valid until the next call into the module.
+        static OUTPUT: RefCell<Box<[u8]>> = RefCell::new(Box::default());
+    }
+
+    /// Allocates `len` bytes the host fills with an argument; ownership passes to the callee.
+    pub fn alloc(len: i32) -> i32 {
+        let len = usize::try_from(len).unwrap_or(0);
+        let region: Box<[u8]> = vec![0u8; len].into_boxed_slice();
+        Box::into_raw(region) as *mut u8 as usize as i32
+    }
+
+    /// Takes back a region made by [`alloc`].
+    ///
+    /// # Safety
+    /// `ptr`/`len` must come from one call of [`alloc`] and be taken once.
+    unsafe fn take(ptr: i32, len: i32) -> Box<[u8]> {
+        let len = usize::try_from(len).unwrap_or(0);
+        if len == 0 {
+            return Box::default();
+        }
+        let slice = std::ptr::slice_from_raw_parts_mut(ptr as usize as *mut u8, len);
+        // SAFETY: the caller guarantees the region came from `alloc` with this length.
+        unsafe { Box::from_raw(slice) }
+    }
+
+    /// Serializes `value` and hands it to the host as a packed region.
+    pub fn publish_json<T: serde::Serialize>(value: &T) -> i64 {
+        let bytes = serde_json::to_vec(value).unwrap_or_else(|e| {
+            let err: HookResult<()> = HookResult::Error(PluginError::new("internal", e.to_string()));
+            serde_json::to_vec(&err).unwrap_or_default()
+        });
+        publish(bytes.into_boxed_slice())
+    }
+
+    fn publish(bytes: Box<[u8]>) -> i64 {
+        let ptr = bytes.as_ptr() as usize as u32;
+        let len = bytes.len() as u32;
+        OUTPUT.with(|out| *out.borrow_mut() = bytes);
+        abi::pack(ptr, len)
+    }
+
+    /// Runs one hook: decodes config and input, calls `f`, publishes the envelope.
+    ///
+    /// # Safety
+    /// Both regions must come from [`alloc`].
+    pub unsafe fn run<C, I, O>(
+        cfg_ptr: i32,
+        cfg_len: i32,
+        in_ptr: i32,
+        in_len: i32,
+        f: fn(&C, I) -> Result<O, PluginError>,
+    ) -> i64
+    where
+        C: DeserializeOwned,
+        I: DeserializeOwned,
+        O: serde::Serialize,
+    {
+        // SAFETY: forwarded from the caller.
+        let (cfg, input) = unsafe { (take(cfg_ptr, cfg_len), take(in_ptr, in_len)) };
+        publish_json(&call(&cfg, &input, f))
+    }
+
+    /// Decodes and calls; shared by the wasm exports and native tests.
+    pub fn call<C, I, O>(cfg: &[u8], input: &[u8], f: fn(&C, I) -> Result<O, PluginError>) -> HookResult<O>
+    where
+        C: DeserializeOwned,
+        I: DeserializeOwned,
+    {
+        let cfg: C = match serde_json::from_slice(cfg) {
+            Ok(c) => c,
+            Err(e) => return HookResult::Error(PluginError::new("bad_config", e.to_string())),
+        };
+        let input: I = match serde_json::from_slice(input) {
+            Ok(i) => i,
+            Err(e) => return HookResult::Error(PluginError::new("bad_input", e.to_string())),
+        };
+        match f(&cfg, input) {
+            Ok(o) => HookResult::Ok(o),
+            Err(e) => HookResult::Error(e),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Reshape, limit and redact JSON request payloads.
+//!
+//! Configuration (every part optional; paths are RFC 6901 JSON pointers), applied in this order:
+//! `require` (400 when a path is missing), `max_items` (413 when an array is longer), `redact` (remove),
+//! `set` (insert or overwrite).
+#![deny(missing_docs)]
+
+use gatehouse_plugin_sdk::{
+    Hook, Manifest, Plugin, PluginError, TransformInput, TransformOutput, serde_json::Value,
+};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The plugin.
+pub struct Transform;
+
+/// Configuration.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Paths that must be present.
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// Longest allowed array at each path.
+    #[serde(default)]
+    pub max_items: BTreeMap<String, usize>,
+    /// Paths removed before forwarding.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// Values written at each path before forwarding.
+    #[serde(default)]
+    pub set: BTreeMap<String, Value>,
+}
+
+impl Plugin for Transform {
+    type Config = Config;
+
+    fn manifest() -> Manifest {
+        gatehouse_plugin_sdk::manifest(
+            "transform",
+            "transform",
+            &[Hook::TransformRequest],
+            gatehouse_plugin_sdk::serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "require": {"type": "array", "items": {"type": "string", "format": "json-pointer"}},
+                    "max_items": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "redact": {"type": "array", "items": {"type": "string", "format": "json-pointer"}},
+                    "set": {"type": "object"}
+                }
+            }),
+        )
+    }
+
+    fn transform_request(cfg: &Config, input: TransformInput) -> Result<TransformOutput, PluginError> {
+        let mut body = input.body;
+        if let Some(missing) = cfg.require.iter().find(|p| body.pointer(p).is_none()) {
+            return Ok(reject(format!("the payload lacks `{missing}`"), false));
+        }
+        for (path, max) in &cfg.max_items {
+            if let Some(len) = body.pointer(path).and_then(Value::as_array).map(Vec::len) {
+                if len > *max {
+                    return Ok(reject(format!("`{path}` has {len} items; at most {max} are allowed"), true));
+                }
+            }
+        }
+        for path in &cfg.redact {
+            remove(&mut body, path);
+        }
+        for (path, value) in &cfg.set {
+            set(&mut body, path, value.clone())?;
+        }
+        Ok(TransformOutput::Body(body))
+    }
+}
+
+gatehouse_plugin_sdk::export_plugin!(Transform);
+
+fn reject(reason: String, too_large: bool) -> TransformOutput {
+    TransformOutput::Reject { reason, too_large }
+}
+
+fn split(path: &str) -> Option<(&str, String)> {
+    let (parent, last) = path.rsplit_once('/')?;
+    Some((parent, last.replace("~1", "/").replace("~0", "~")))
+}
+
+fn remove(body: &mut Value, path: &str) {
+    let Some((parent, key)) = split(path) else { return };
+    match body.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.remove(&key);
+        }
+        Some(Value::Array(items)) => {
+            if let Ok(i) = key.parse::<usize>() {
+                if i < items.len() {
+                    items.remove(i);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn set(body: &mut Value, path: &str, value: Value) -> Result<(), PluginError> {
+    let bad = || PluginError::new("bad_config", format!("cannot set `{path}`: its parent is not an object"));
+    let (parent, key) = split(path).ok_or_else(bad)?;
+    match body.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.insert(key, value);
+            Ok(())
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_plugin_sdk::serde_json::json;
+
+    fn run(cfg: Value, body: Value) -> TransformOutput {
+        let cfg: Config = serde_json::from_value(cfg).unwrap();
+        let input = TransformInput { route: "r".into(), model: "m".into(), body };
+        Transform::transform_request(&cfg, input).unwrap()
+    }
+
+    #[test]
+    fn redacts_sets_and_limits() {
+        let cfg = json!({"redact": ["/user/ssn", "/debug"], "set": {"/parameters/temperature": 0.2},
+                         "max_items": {"/instances": 2}, "require": ["/instances"]});
+        let out = run(cfg.clone(), json!({"instances": [1, 2], "parameters": {}, "debug": true,
+                                          "user": {"ssn": "123", "name": "a"}}));
+        assert_eq!(out, TransformOutput::Body(json!({"instances": [1, 2], "parameters": {"temperature": 0.2},
+                                                      "user": {"name": "a"}})));
+        assert!(matches!(run(cfg.clone(), json!({"instances": [1, 2, 3]})),
+                         TransformOutput::Reject { too_large: true, .. }));
+        assert!(matches!(run(cfg, json!({"x": 1})), TransformOutput::Reject { too_large: false, .. }));
+    }
+
+    #[test]
+    fn unknown_config_is_an_error() {
+        assert!(serde_json::from_value::<Config>(json!({"redcat": []})).is_err());
+    }
+}
