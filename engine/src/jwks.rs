@@ -1,0 +1,142 @@
+//! Key-set caching rules, without I/O: when to fetch, how long keys stay fresh, what to do while the
+//! identity provider is down. The host performs the fetches (one at a time per issuer) and reports back.
+
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The cached keys of one issuer.
+#[derive(Debug, Clone, Default)]
+pub struct IssuerKeys {
+    keys: Option<Arc<Value>>,
+    fresh_until: i64,
+    last_fetch: Option<i64>,
+    version: u64,
+}
+
+/// Why keys are wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// An ordinary request.
+    Current,
+    /// A token named a key the set does not hold.
+    UnknownKey,
+}
+
+impl IssuerKeys {
+    /// Whether the host should fetch now (`min_interval` bounds refetches triggered by unknown keys).
+    pub fn should_fetch(&self, now: i64, want: Want, min_interval: u64) -> bool {
+        let since_last = self.last_fetch.map_or(i64::MAX, |t| now.saturating_sub(t));
+        let wanted = match want {
+            Want::Current => self.keys.is_none() || now >= self.fresh_until,
+            Want::UnknownKey => since_last >= i64::try_from(min_interval).unwrap_or(i64::MAX),
+        };
+        // A failed fetch is retried no more often than once a second.
+        wanted && since_last >= 1
+    }
+
+    /// The keys to use: fresh or stale (stale keys keep serving while the provider is down).
+    pub fn current(&self) -> Option<Arc<Value>> {
+        self.keys.clone()
+    }
+
+    /// Increases every time the key set changes; part of cache keys of verified tokens.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Records a fetch attempt's outcome. `cache_control` is the response's header; the server's
+    /// `max-age` is honoured within `[60, max_age_cap]` seconds.
+    pub fn record(&mut self, now: i64, outcome: Result<(Value, Option<&str>), String>, max_age_cap: u64) {
+        self.last_fetch = Some(now);
+        if let Ok((jwks, cache_control)) = outcome {
+            let ttl = max_age(cache_control).unwrap_or(max_age_cap).clamp(60.min(max_age_cap), max_age_cap);
+            self.fresh_until = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+            if self.keys.as_deref() != Some(&jwks) {
+                self.version += 1;
+                self.keys = Some(Arc::new(jwks));
+            }
+        }
+    }
+}
+
+fn max_age(cache_control: Option<&str>) -> Option<u64> {
+    let cc = cache_control?;
+    if cc.split(',').any(|d| matches!(d.trim(), "no-store" | "no-cache")) {
+        return Some(0);
+    }
+    cc.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.trim_matches('"').parse().ok())
+}
+
+/// Checks a fetched JWKS document: a JSON object with a `keys` array, private members removed.
+pub fn parse_jwks(body: &[u8]) -> Result<Value, String> {
+    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("the key set is not JSON: {e}"))?;
+    let keys = v
+        .get_mut("keys")
+        .and_then(Value::as_array_mut)
+        .ok_or("the key set has no `keys` array")?;
+    for key in keys.iter_mut() {
+        if let Some(obj) = key.as_object_mut() {
+            for private in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {
+                obj.remove(private);
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Reads `jwks_uri` from an OpenID discovery document, checking that it describes `issuer`.
+pub fn jwks_uri_from_discovery(body: &[u8], issuer: &str) -> Result<String, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("the discovery document is not JSON: {e}"))?;
+    let found = v.get("issuer").and_then(Value::as_str).unwrap_or_default();
+    if found.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        return Err(format!("the discovery document names issuer `{found}`, not `{issuer}`"));
+    }
+    v.get("jwks_uri")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| "the discovery document has no `jwks_uri`".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn freshness_follows_max_age_within_bounds() {
+        let mut k = IssuerKeys::default();
+        assert!(k.should_fetch(1000, Want::Current, 30));
+        k.record(1000, Ok((json!({"keys": []}), Some("public, max-age=120"))), 3600);
+        assert!(!k.should_fetch(1100, Want::Current, 30));
+        assert!(k.should_fetch(1120, Want::Current, 30));
+        k.record(2000, Ok((json!({"keys": []}), Some("max-age=999999"))), 600);
+        assert!(!k.should_fetch(2599, Want::Current, 30));
+        assert!(k.should_fetch(2600, Want::Current, 30));
+    }
+
+    #[test]
+    fn unknown_key_refetch_is_rate_limited_and_failures_keep_keys() {
+        let mut k = IssuerKeys::default();
+        k.record(1000, Ok((json!({"keys": [{"kid": "a"}]}), None)), 3600);
+        let v = k.version();
+        assert!(!k.should_fetch(1010, Want::UnknownKey, 30));
+        assert!(k.should_fetch(1030, Want::UnknownKey, 30));
+        k.record(1030, Err("down".into()), 3600);
+        assert_eq!(k.version(), v);
+        assert!(k.current().is_some());
+        assert!(!k.should_fetch(1040, Want::UnknownKey, 30));
+    }
+
+    #[test]
+    fn discovery_must_name_the_issuer() {
+        let doc = br#"{"issuer": "https://a/", "jwks_uri": "https://a/keys"}"#;
+        assert_eq!(jwks_uri_from_discovery(doc, "https://a").unwrap(), "https://a/keys");
+        assert!(jwks_uri_from_discovery(doc, "https://b").is_err());
+    }
+
+    #[test]
+    fn private_members_are_dropped() {
+        let v = parse_jwks(br#"{"keys": [{"kty": "RSA", "n": "x", "e": "y", "d": "secret"}]}"#).unwrap();
+        assert!(v["keys"][0].get("d").is_none());
+    }
+}

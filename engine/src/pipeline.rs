@@ -1,0 +1,531 @@
+//! The request pipeline: one state machine per request, driven by the host.
+
+use crate::answer::{Answer, Rejection};
+use crate::audit::{AuditRecord, sha256_hex};
+use crate::load::{Engine, RouteRuntime};
+use crate::policy::{Decision, Question};
+use crate::route::Params;
+use base64::Engine as _;
+use gatehouse_plugin_abi::{
+    AuthnInput, AuthnVerdict, Hook, HookResult, Identity, TransformInput, TransformOutput,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What the host knows of a request before reading its body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RequestHead {
+    /// A unique id the host made.
+    pub request_id: String,
+    /// HTTP method.
+    pub method: String,
+    /// The path, without query.
+    pub path: String,
+    /// The query string, without `?`.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// The peer's address.
+    pub client_ip: String,
+}
+
+impl RequestHead {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plugin call the host must make.
+#[derive(Debug, Clone)]
+pub struct PluginCall {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The hook to call.
+    pub hook: Hook,
+    /// The plugin's configuration (JSON).
+    pub config: Arc<[u8]>,
+    /// The hook's input (JSON).
+    pub input: Vec<u8>,
+}
+
+/// A request the host must send upstream, streaming the answer back.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Full URL.
+    pub url: String,
+    /// Method.
+    pub method: String,
+    /// Headers to send (no hop-by-hop headers, no caller credential).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Time allowed until response headers, in milliseconds.
+    pub timeout_ms: u64,
+    /// Headers to add to the response sent back to the caller.
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// What the engine needs next.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Keys of issuer `issuer` (index into [`Engine::issuers`]); `refresh` asks for a refetch because the
+    /// token named an unknown key. Answer with [`Input::Keys`].
+    FetchKeys {
+        /// Issuer index.
+        issuer: usize,
+        /// An unknown key was named.
+        refresh: bool,
+    },
+    /// The request body, at most `limit` bytes. Answer with [`Input::Body`] or [`Input::BodyTooLarge`].
+    ReadBody {
+        /// Largest acceptable body.
+        limit: u64,
+    },
+    /// A plugin call. Answer with [`Input::PluginOutput`].
+    CallPlugin(PluginCall),
+    /// Forward and stream the answer; then call [`Exchange::upstream_responded`] or
+    /// [`Exchange::upstream_failed`].
+    Forward(Upstream),
+    /// Send this answer; the exchange is over.
+    Respond(Answer),
+}
+
+/// What the host feeds back.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The issuer's keys, or `None` if none could be had.
+    Keys(Option<Arc<serde_json::Value>>),
+    /// The whole body.
+    Body(Vec<u8>),
+    /// The body exceeded the limit.
+    BodyTooLarge,
+    /// The plugin's output bytes, or why the call failed (trap, deadline, memory).
+    PluginOutput(Result<Vec<u8>, String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Keys { refresh: bool },
+    Authn { refreshed: bool },
+    Body,
+    Transform { index: usize },
+    Forwarding,
+    Done,
+}
+
+/// One request going through the pipeline.
+pub struct Exchange {
+    engine: Arc<Engine>,
+    head: RequestHead,
+    phase: Phase,
+    route: Option<Arc<RouteRuntime>>,
+    params: Params,
+    token: String,
+    issuer: usize,
+    identity: Option<Identity>,
+    model: String,
+    body: Vec<u8>,
+    started: u64,
+    phase_started: u64,
+    audit: AuditRecord,
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade", "host",
+];
+
+impl Engine {
+    /// Starts an exchange for a request.
+    pub fn start(self: &Arc<Self>, mut head: RequestHead) -> (Exchange, Step) {
+        let clock = self.clock();
+        let now = clock.micros();
+        if self.config.server.trust_forwarded_for {
+            if let Some(first) = head.header("x-forwarded-for").and_then(|v| v.split(',').next()) {
+                head.client_ip = first.trim().to_owned();
+            }
+        }
+        let audit = AuditRecord {
+            time: clock.unix_secs(),
+            request_id: head.request_id.clone(),
+            method: head.method.clone(),
+            path: head.path.clone(),
+            client_ip: head.client_ip.clone(),
+            decision: "deny".into(),
+            ..AuditRecord::default()
+        };
+        let mut ex = Exchange {
+            engine: Arc::clone(self),
+            head,
+            phase: Phase::Done,
+            route: None,
+            params: Params::new(),
+            token: String::new(),
+            issuer: 0,
+            identity: None,
+            model: String::new(),
+            body: Vec::new(),
+            started: now,
+            phase_started: now,
+            audit,
+        };
+        let step = match ex.begin() {
+            Ok(step) => step,
+            Err(r) => ex.reject(r),
+        };
+        (ex, step)
+    }
+}
+
+impl Exchange {
+    /// The request id.
+    pub fn request_id(&self) -> &str {
+        &self.head.request_id
+    }
+
+    /// The engine this exchange runs on.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn begin(&mut self) -> Result<Step, Rejection> {
+        let mut allow: Vec<String> = Vec::new();
+        let mut found = None;
+        for r in &self.engine.routes {
+            if let Some(params) = r.path.matches(&self.head.path) {
+                if r.spec.methods.iter().any(|m| *m == self.head.method) {
+                    found = Some((Arc::clone(r), params));
+                    break;
+                }
+                allow.extend(r.spec.methods.iter().cloned());
+            }
+        }
+        let Some((route, params)) = found else {
+            return Err(if allow.is_empty() { Rejection::NoRoute } else { Rejection::MethodNotAllowed { allow } });
+        };
+        self.model = route.model.render(&params);
+        self.audit.route = Some(route.spec.name.clone());
+        self.route = Some(route);
+        self.params = params;
+
+        self.token = bearer(self.head.header("authorization"))?;
+        let iss = claimed_issuer(&self.token);
+        self.audit.issuer = iss.clone();
+        let issuer = iss
+            .and_then(|iss| self.engine.issuers.iter().position(|i| i.spec.issuer == iss))
+            .ok_or_else(|| invalid_token("the token's issuer is not trusted"))?;
+        self.issuer = issuer;
+        Ok(self.enter(Phase::Keys { refresh: false }, Step::FetchKeys { issuer, refresh: false }))
+    }
+
+    fn rt(&self) -> Result<Arc<RouteRuntime>, Rejection> {
+        self.route.clone().ok_or(Rejection::NoRoute)
+    }
+
+    fn enter(&mut self, phase: Phase, step: Step) -> Step {
+        self.account();
+        self.phase = phase;
+        step
+    }
+
+    /// Adds the time since the phase began to its latency bucket.
+    fn account(&mut self) {
+        let now = self.engine.clock().micros();
+        let spent = now.saturating_sub(self.phase_started);
+        self.phase_started = now;
+        let l = &mut self.audit.latency_us;
+        match self.phase {
+            Phase::Keys { .. } | Phase::Authn { .. } => l.authn += spent,
+            Phase::Transform { .. } => l.plugins += spent,
+            Phase::Forwarding => l.upstream += spent,
+            Phase::Body | Phase::Done => {}
+        }
+    }
+
+    /// Feeds the host's result for the last step and returns the next one.
+    pub fn resume(&mut self, input: Input) -> Step {
+        match self.advance(input) {
+            Ok(step) => step,
+            Err(r) => self.reject(r),
+        }
+    }
+
+    fn advance(&mut self, input: Input) -> Result<Step, Rejection> {
+        match (self.phase, input) {
+            (Phase::Keys { refresh }, Input::Keys(keys)) => {
+                let Some(jwks) = keys else { return Err(Rejection::KeysUnavailable) };
+                let input = AuthnInput {
+                    token: std::mem::take(&mut self.token),
+                    now: self.engine.clock().unix_secs(),
+                    jwks: Some((*jwks).clone()),
+                };
+                let bytes = serde_json::to_vec(&input).map_err(|e| internal("authn input", e))?;
+                self.token = input.token;
+                let call = self.call(self.engine.authn_plugin.clone(), Hook::Authenticate, bytes)?;
+                Ok(self.enter(Phase::Authn { refreshed: refresh }, call))
+            }
+            (Phase::Authn { refreshed }, Input::PluginOutput(out)) => {
+                let plugin = self.engine.authn_plugin.clone();
+                match decode::<AuthnVerdict>(&plugin, out)? {
+                    AuthnVerdict::Refusal(r) if r.unknown_key && !refreshed => {
+                        let step = Step::FetchKeys { issuer: self.issuer, refresh: true };
+                        Ok(self.enter(Phase::Keys { refresh: true }, step))
+                    }
+                    AuthnVerdict::Refusal(r) => Err(Rejection::InvalidToken(r)),
+                    AuthnVerdict::Identity(id) => {
+                        self.token.clear();
+                        self.audit.subject = Some(id.subject.clone());
+                        self.audit.issuer = Some(id.issuer.clone());
+                        self.audit.kid.clone_from(&id.kid);
+                        self.audit.jti_sha256 = id.jti.as_deref().map(|j| sha256_hex(j.as_bytes()));
+                        self.identity = Some(id);
+                        let limit = self.engine.config.server.body_limit_bytes;
+                        let declared = self.head.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+                        if declared.is_some_and(|n| n > limit) {
+                            return Err(Rejection::PayloadTooLarge { limit });
+                        }
+                        Ok(self.enter(Phase::Body, Step::ReadBody { limit }))
+                    }
+                }
+            }
+            (Phase::Body, Input::BodyTooLarge) => {
+                Err(Rejection::PayloadTooLarge { limit: self.engine.config.server.body_limit_bytes })
+            }
+            (Phase::Body, Input::Body(body)) => {
+                self.account();
+                self.audit.request_bytes = body.len() as u64;
+                self.body = body;
+                let decision = self.authorize();
+                let spent = self.engine.clock().micros().saturating_sub(self.phase_started);
+                self.audit.latency_us.policy += spent;
+                self.phase_started += spent;
+                self.audit.policy_ids.clone_from(&decision.policy_ids);
+                self.audit.policy_errors.clone_from(&decision.errors);
+                if !decision.allowed {
+                    return Err(Rejection::Forbidden(decision));
+                }
+                self.audit.decision = "allow".into();
+                self.next_transform(0)
+            }
+            (Phase::Transform { index }, Input::PluginOutput(out)) => {
+                let name = self.rt()?.spec.transform.get(index).cloned().unwrap_or_default();
+                match decode::<TransformOutput>(&name, out)? {
+                    TransformOutput::Body(v) => {
+                        self.body = serde_json::to_vec(&v).map_err(|e| internal("transform output", e))?;
+                        self.next_transform(index + 1)
+                    }
+                    TransformOutput::Reject { reason, too_large: true } => Err(Rejection::PayloadRefused(reason)),
+                    TransformOutput::Reject { reason, too_large: false } => Err(Rejection::BadPayload(reason)),
+                }
+            }
+            (phase, input) => Err(Rejection::PluginFailed {
+                plugin: "host".into(),
+                reason: format!("internal: input {} does not fit phase {phase:?}", input_name(&input)),
+            }),
+        }
+    }
+
+    fn call(&self, plugin: String, hook: Hook, input: Vec<u8>) -> Result<Step, Rejection> {
+        let config = self
+            .engine
+            .plugins
+            .get(&plugin)
+            .map(|p| Arc::clone(&p.config))
+            .ok_or_else(|| Rejection::PluginFailed { plugin: plugin.clone(), reason: "not loaded".into() })?;
+        Ok(Step::CallPlugin(PluginCall { plugin, hook, config, input }))
+    }
+
+    fn authorize(&self) -> Decision {
+        let (Some(id), Some(rt)) = (&self.identity, &self.route) else {
+            return Decision { allowed: false, policy_ids: vec![], errors: vec!["no identity".into()] };
+        };
+        let question = Question {
+            kind: id.kind,
+            principal: id.subject.clone(),
+            issuer: id.issuer.clone(),
+            email: id.claims.get("email").and_then(|v| v.as_str()).map(str::to_owned),
+            groups: id.groups.clone(),
+            action: rt.spec.action.clone(),
+            resource: self.model.clone(),
+            context: serde_json::json!({
+                "method": self.head.method,
+                "path": self.head.path,
+                "route": rt.spec.name,
+                "client_ip": {"__extn": {"fn": "ip", "arg": ip_or_unspecified(&self.head.client_ip)}},
+                "time": self.audit.time,
+                "scopes": id.scopes,
+                "issuer": id.issuer,
+                "payload_size": self.body.len() as i64,
+            }),
+        };
+        self.engine.policies.authorize(&question)
+    }
+
+    fn next_transform(&mut self, index: usize) -> Result<Step, Rejection> {
+        let rt = self.rt()?;
+        if let Some(name) = rt.spec.transform.get(index).cloned() {
+            let body: serde_json::Value = serde_json::from_slice(&self.body)
+                .map_err(|_| Rejection::BadPayload("the request body is not JSON".into()))?;
+            let input = TransformInput { route: rt.spec.name.clone(), model: self.model.clone(), body };
+            let bytes = serde_json::to_vec(&input).map_err(|e| internal("transform input", e))?;
+            let call = self.call(name, Hook::TransformRequest, bytes)?;
+            return Ok(self.enter(Phase::Transform { index }, call));
+        }
+        let upstream = self.upstream(&rt);
+        Ok(self.enter(Phase::Forwarding, Step::Forward(upstream)))
+    }
+
+    fn upstream(&mut self, rt: &RouteRuntime) -> Upstream {
+        let path = rt.upstream_path.as_ref().map_or_else(|| self.head.path.clone(), |t| t.render(&self.params));
+        let mut url = format!("{}{path}", rt.backend_url);
+        if let Some(q) = &self.head.query {
+            url.push('?');
+            url.push_str(q);
+        }
+        let mut headers: Vec<(String, String)> = self
+            .head
+            .headers
+            .iter()
+            .filter(|(n, _)| {
+                let n = n.to_ascii_lowercase();
+                !HOP_BY_HOP.contains(&n.as_str())
+                    && n != "authorization"
+                    && n != "content-length"
+                    && n != "x-forwarded-for"
+                    && !n.starts_with("x-gatehouse-")
+            })
+            .cloned()
+            .collect();
+        let forwarded = match self.head.header("x-forwarded-for") {
+            Some(prev) if self.engine.config.server.trust_forwarded_for => format!("{prev}, {}", self.head.client_ip),
+            _ => self.head.client_ip.clone(),
+        };
+        headers.push(("x-forwarded-for".into(), forwarded));
+        headers.push(("x-request-id".into(), self.head.request_id.clone()));
+        if let Some(id) = &self.identity {
+            headers.push(("x-gatehouse-subject".into(), id.subject.clone()));
+            headers.push(("x-gatehouse-issuer".into(), id.issuer.clone()));
+        }
+        Upstream {
+            url,
+            method: self.head.method.clone(),
+            headers,
+            body: std::mem::take(&mut self.body),
+            timeout_ms: rt.timeout_ms,
+            response_headers: vec![("x-request-id".into(), self.head.request_id.clone())],
+        }
+    }
+
+    /// The upstream answered with `status`; the host now streams its body to the caller.
+    pub fn upstream_responded(&mut self, status: u16) {
+        self.account();
+        self.phase = Phase::Done;
+        self.audit.upstream_status = Some(status);
+        self.audit.status = status;
+    }
+
+    /// The upstream failed before answering; returns what to send the caller.
+    pub fn upstream_failed(&mut self, timed_out: bool, reason: &str) -> Answer {
+        self.account();
+        let r = if timed_out { Rejection::UpstreamTimeout } else { Rejection::UpstreamFailed(reason.to_owned()) };
+        self.reject_answer(r)
+    }
+
+    /// The response body broke off after the headers were sent.
+    pub fn stream_failed(&mut self, reason: &str) {
+        self.audit.reason = Some("upstream-stream-broken".into());
+        self.audit.detail = Some(reason.to_owned());
+    }
+
+    fn reject(&mut self, r: Rejection) -> Step {
+        Step::Respond(self.reject_answer(r))
+    }
+
+    fn reject_answer(&mut self, r: Rejection) -> Answer {
+        self.account();
+        self.phase = Phase::Done;
+        let answer = r.answer(&self.head.request_id, self.engine.config.server.reveal_policy_ids);
+        self.audit.status = answer.status;
+        self.audit.reason = Some(r.kind().to_owned());
+        self.audit.detail = Some(r.detail());
+        if !matches!(r, Rejection::UpstreamFailed(_) | Rejection::UpstreamTimeout) {
+            self.audit.decision = "deny".into();
+        }
+        answer
+    }
+
+    /// Ends the exchange and returns its audit record.
+    pub fn finish(mut self) -> AuditRecord {
+        self.account();
+        self.audit.latency_us.total = self.engine.clock().micros().saturating_sub(self.started);
+        self.audit
+    }
+
+    /// The verified identity, once authentication succeeded.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+}
+
+fn input_name(i: &Input) -> &'static str {
+    match i {
+        Input::Keys(_) => "Keys",
+        Input::Body(_) => "Body",
+        Input::BodyTooLarge => "BodyTooLarge",
+        Input::PluginOutput(_) => "PluginOutput",
+    }
+}
+
+fn internal(what: &str, e: serde_json::Error) -> Rejection {
+    Rejection::PluginFailed { plugin: "host".into(), reason: format!("{what}: {e}") }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(plugin: &str, out: Result<Vec<u8>, String>) -> Result<T, Rejection> {
+    let failed = |reason: String| Rejection::PluginFailed { plugin: plugin.to_owned(), reason };
+    let bytes = out.map_err(failed)?;
+    match serde_json::from_slice::<HookResult<T>>(&bytes) {
+        Ok(HookResult::Ok(v)) => Ok(v),
+        Ok(HookResult::Error(e)) => Err(failed(format!("{}: {}", e.code, e.message))),
+        Err(_) => Err(failed("it returned output that is not a valid envelope".into())),
+    }
+}
+
+fn invalid_token(description: &str) -> Rejection {
+    Rejection::InvalidToken(gatehouse_plugin_abi::Refusal {
+        code: gatehouse_plugin_abi::RefusalCode::InvalidToken,
+        description: description.into(),
+        unknown_key: false,
+    })
+}
+
+fn bearer(header: Option<&str>) -> Result<String, Rejection> {
+    let Some(value) = header else { return Err(Rejection::MissingToken) };
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Rejection::MissingToken);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err(Rejection::InvalidToken(gatehouse_plugin_abi::Refusal {
+            code: gatehouse_plugin_abi::RefusalCode::InvalidRequest,
+            description: "the Authorization header is malformed".into(),
+            unknown_key: false,
+        }));
+    }
+    Ok(token.to_owned())
+}
+
+/// The `iss` the token claims, read without verification, only to choose which keys to fetch.
+fn claimed_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
+}
+
+fn ip_or_unspecified(ip: &str) -> String {
+    let ip = ip.trim_start_matches('[');
+    let ip = ip.split(']').next().unwrap_or(ip);
+    if ip.parse::<std::net::IpAddr>().is_ok() { ip.to_owned() } else { "0.0.0.0".to_owned() }
+}

@@ -1,0 +1,241 @@
+//! Cedar: the schema, the policies and static entities, loaded and validated once; one decision per request.
+
+use crate::config::{line_containing, line_of};
+use crate::error::{ConfigError, Located};
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+/// The Cedar namespace of Gatehouse's entity types and actions.
+pub const NAMESPACE: &str = "Gatehouse";
+
+/// A file's name and text.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The name used in messages.
+    pub name: String,
+    /// The contents.
+    pub text: String,
+}
+
+/// The outcome of one authorization: it cannot fail; errors ride along.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// The policies that determined the decision (empty for a default deny).
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors (a policy that errs is skipped, so errors never allow).
+    pub errors: Vec<String>,
+}
+
+/// Whether the principal is a person or a workload.
+pub use gatehouse_plugin_abi::PrincipalKind;
+
+/// The facts of one authorization question, in Gatehouse's vocabulary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Question {
+    /// Person or workload.
+    pub kind: PrincipalKind,
+    /// Entity id of the principal (the token's `sub`).
+    pub principal: String,
+    /// The principal's issuer.
+    pub issuer: String,
+    /// The principal's e-mail, when the token has one.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Groups or roles: the principal's parent entities.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The action id.
+    pub action: String,
+    /// The model (resource) id.
+    pub resource: String,
+    /// The context record (JSON, shaped by the schema).
+    pub context: serde_json::Value,
+}
+
+/// Schema, policies and entities, validated.
+pub struct PolicyStore {
+    schema: Schema,
+    policies: PolicySet,
+    entities: Entities,
+    authorizer: Authorizer,
+    origins: BTreeMap<String, Located>,
+}
+
+impl std::fmt::Debug for PolicyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyStore").field("policies", &self.origins.len()).finish()
+    }
+}
+
+fn diag_line(diag: &dyn Diagnostic, text: &str) -> usize {
+    diag.labels()
+        .and_then(|mut labels| labels.next())
+        .map_or(1, |l| line_of(text, l.offset()))
+}
+
+fn diag_message(diag: &(dyn Diagnostic + 'static), fallback: String) -> String {
+    match diag.help() {
+        Some(help) => format!("{fallback} ({help})"),
+        None => fallback,
+    }
+}
+
+impl PolicyStore {
+    /// Loads and validates. Every problem is reported with its file and line.
+    pub fn load(schema: &Source, policies: &[Source], entities: Option<&Source>) -> Result<Self, ConfigError> {
+        let schema_value = match Schema::from_cedarschema_str(&schema.text) {
+            Ok((s, _warnings)) => s,
+            Err(e) => {
+                let line = diag_line(&e, &schema.text);
+                return Err(ConfigError::Policies(vec![Located::new(
+                    &schema.name,
+                    line,
+                    diag_message(&e, e.to_string()),
+                )]));
+            }
+        };
+        let mut problems = Vec::new();
+        let mut set = PolicySet::new();
+        let mut origins = BTreeMap::new();
+        let mut texts = HashMap::new();
+        for file in policies {
+            let parsed = match PolicySet::from_str(&file.text) {
+                Ok(p) => p,
+                Err(errors) => {
+                    for e in errors.iter() {
+                        problems.push(Located::new(&file.name, diag_line(e, &file.text), e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            for policy in parsed.policies() {
+                let text = policy.to_string();
+                let line = line_containing(&file.text, text.lines().next().unwrap_or_default());
+                let id = match policy.annotation("id") {
+                    Some(id) => id.to_owned(),
+                    None => format!("{}:{line}", file.name.rsplit('/').next().unwrap_or(&file.name)),
+                };
+                if let Some(prev) = origins.get(&id) {
+                    problems.push(Located::new(&file.name, line, format!("policy id `{id}` is already used at {prev}")));
+                    continue;
+                }
+                let renamed = policy.new_id(PolicyId::new(&id));
+                if let Err(e) = set.add(renamed) {
+                    problems.push(Located::new(&file.name, line, e.to_string()));
+                    continue;
+                }
+                origins.insert(id.clone(), Located::new(&file.name, line, String::new()));
+                texts.insert(id, file.text.clone());
+            }
+        }
+        if set.templates().next().is_some() {
+            problems.push(Located::new("policies", 1, "policy templates are not supported yet"));
+        }
+        let result = Validator::new(schema_value.clone()).validate(&set, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let id = e.policy_id().to_string();
+            let (file, line) = match (origins.get(&id), texts.get(&id)) {
+                (Some(origin), Some(text)) => (origin.file.clone(), diag_line(e, text)),
+                _ => ("policies".to_owned(), 1),
+            };
+            problems.push(Located::new(file, line, format!("policy `{id}`: {e}")));
+        }
+        let entities = match entities {
+            None => Entities::empty(),
+            Some(src) => match Entities::from_json_str(&src.text, Some(&schema_value)) {
+                Ok(e) => e,
+                Err(e) => {
+                    let line = diag_line(&e, &src.text);
+                    problems.push(Located::new(&src.name, line, diag_message(&e, e.to_string())));
+                    Entities::empty()
+                }
+            },
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError::Policies(problems));
+        }
+        Ok(PolicyStore { schema: schema_value, policies: set, entities, authorizer: Authorizer::new(), origins })
+    }
+
+    /// How many policies are loaded.
+    pub fn len(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// Whether no policy is loaded (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty()
+    }
+
+    /// Where policy `id` was defined.
+    pub fn origin(&self, id: &str) -> Option<&Located> {
+        self.origins.get(id)
+    }
+
+    /// Decides. Never fails: a question that cannot be put to Cedar is denied, with the reason as an error.
+    pub fn authorize(&self, q: &Question) -> Decision {
+        match self.decide(q) {
+            Ok(d) => d,
+            Err(message) => Decision { allowed: false, policy_ids: Vec::new(), errors: vec![message] },
+        }
+    }
+
+    fn decide(&self, q: &Question) -> Result<Decision, String> {
+        let principal_type = match q.kind {
+            PrincipalKind::User => "User",
+            PrincipalKind::Service => "Service",
+        };
+        let principal = uid(principal_type, &q.principal)?;
+        let action = uid("Action", &q.action)?;
+        let resource = uid("Model", &q.resource)?;
+
+        let mut extra = Vec::with_capacity(q.groups.len() + 2);
+        let mut parents = HashSet::with_capacity(q.groups.len());
+        for g in &q.groups {
+            let group = uid("Group", g)?;
+            if self.entities.get(&group).is_none() {
+                extra.push(Entity::with_uid(group.clone()));
+            }
+            parents.insert(group);
+        }
+        let mut attrs = HashMap::new();
+        attrs.insert("issuer".to_owned(), RestrictedExpression::new_string(q.issuer.clone()));
+        if let (PrincipalKind::User, Some(email)) = (q.kind, &q.email) {
+            attrs.insert("email".to_owned(), RestrictedExpression::new_string(email.clone()));
+        }
+        extra.push(Entity::new(principal.clone(), attrs, parents).map_err(|e| format!("principal: {e}"))?);
+        if self.entities.get(&resource).is_none() {
+            extra.push(Entity::with_uid(resource.clone()));
+        }
+        let entities = self
+            .entities
+            .clone()
+            .add_entities(extra, Some(&self.schema))
+            .map_err(|e| format!("entities: {e}"))?;
+        let context = Context::from_json_value(q.context.clone(), Some((&self.schema, &action)))
+            .map_err(|e| format!("context: {e}"))?;
+        let request = cedar_policy::Request::new(principal, action, resource, context, Some(&self.schema))
+            .map_err(|e| format!("request: {e}"))?;
+        let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+        let mut policy_ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        policy_ids.sort();
+        Ok(Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow,
+            policy_ids,
+            errors: response.diagnostics().errors().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
+    let ty = EntityTypeName::from_str(&format!("{NAMESPACE}::{type_name}")).map_err(|e| e.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
