@@ -156,6 +156,7 @@ impl Rejection {
         let mut headers = vec![
             ("content-type".to_owned(), "application/problem+json".to_owned()),
             ("cache-control".to_owned(), "no-store".to_owned()),
+            ("x-request-id".to_owned(), request_id.to_owned()),
         ];
         match self {
             Rejection::MissingToken => {

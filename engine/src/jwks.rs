@@ -11,6 +11,7 @@ pub struct IssuerKeys {
     fresh_until: i64,
     last_fetch: Option<i64>,
     version: u64,
+    attempts: u64,
 }
 
 /// Why keys are wanted.
@@ -44,10 +45,16 @@ impl IssuerKeys {
         self.version
     }
 
+    /// How many fetches were recorded; lets a waiter see that another request fetched meanwhile.
+    pub fn attempts(&self) -> u64 {
+        self.attempts
+    }
+
     /// Records a fetch attempt's outcome. `cache_control` is the response's header; the server's
     /// `max-age` is honoured within `[60, max_age_cap]` seconds.
     pub fn record(&mut self, now: i64, outcome: Result<(Value, Option<&str>), String>, max_age_cap: u64) {
         self.last_fetch = Some(now);
+        self.attempts += 1;
         if let Ok((jwks, cache_control)) = outcome {
             let ttl = max_age(cache_control).unwrap_or(max_age_cap).clamp(60.min(max_age_cap), max_age_cap);
             self.fresh_until = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));

@@ -39,7 +39,7 @@ pub use audit::AuditRecord;
 pub use config::Config;
 pub use error::{ConfigError, Located};
 pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
-pub use pipeline::{Exchange, Input, PluginCall, RequestHead, Step, Upstream};
+pub use pipeline::{Exchange, Facts, Input, PluginCall, RequestHead, Step, Upstream};
 pub use policy::{Decision, PolicyStore, Question};
 
 /// Time as the host sees it.

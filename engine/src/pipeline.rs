@@ -100,6 +100,8 @@ pub enum Input {
     Body(Vec<u8>),
     /// The body exceeded the limit.
     BodyTooLarge,
+    /// The body could not be read (the client broke off).
+    BodyUnreadable,
     /// The plugin's output bytes, or why the call failed (trap, deadline, memory).
     PluginOutput(Result<Vec<u8>, String>),
 }
@@ -190,20 +192,7 @@ impl Exchange {
     }
 
     fn begin(&mut self) -> Result<Step, Rejection> {
-        let mut allow: Vec<String> = Vec::new();
-        let mut found = None;
-        for r in &self.engine.routes {
-            if let Some(params) = r.path.matches(&self.head.path) {
-                if r.spec.methods.iter().any(|m| *m == self.head.method) {
-                    found = Some((Arc::clone(r), params));
-                    break;
-                }
-                allow.extend(r.spec.methods.iter().cloned());
-            }
-        }
-        let Some((route, params)) = found else {
-            return Err(if allow.is_empty() { Rejection::NoRoute } else { Rejection::MethodNotAllowed { allow } });
-        };
+        let (route, params) = self.engine.route_for(&self.head.method, &self.head.path)?;
         self.model = route.model.render(&params);
         self.audit.route = Some(route.spec.name.clone());
         self.route = Some(route);
@@ -292,6 +281,9 @@ impl Exchange {
             (Phase::Body, Input::BodyTooLarge) => {
                 Err(Rejection::PayloadTooLarge { limit: self.engine.config.server.body_limit_bytes })
             }
+            (Phase::Body, Input::BodyUnreadable) => {
+                Err(Rejection::BadPayload("the request body could not be read".into()))
+            }
             (Phase::Body, Input::Body(body)) => {
                 self.account();
                 self.audit.request_bytes = body.len() as u64;
@@ -340,26 +332,14 @@ impl Exchange {
         let (Some(id), Some(rt)) = (&self.identity, &self.route) else {
             return Decision { allowed: false, policy_ids: vec![], errors: vec!["no identity".into()] };
         };
-        let question = Question {
-            kind: id.kind,
-            principal: id.subject.clone(),
-            issuer: id.issuer.clone(),
-            email: id.claims.get("email").and_then(|v| v.as_str()).map(str::to_owned),
-            groups: id.groups.clone(),
-            action: rt.spec.action.clone(),
-            resource: self.model.clone(),
-            context: serde_json::json!({
-                "method": self.head.method,
-                "path": self.head.path,
-                "route": rt.spec.name,
-                "client_ip": {"__extn": {"fn": "ip", "arg": ip_or_unspecified(&self.head.client_ip)}},
-                "time": self.audit.time,
-                "scopes": id.scopes,
-                "issuer": id.issuer,
-                "payload_size": self.body.len() as i64,
-            }),
+        let facts = Facts {
+            method: &self.head.method,
+            path: &self.head.path,
+            client_ip: &self.head.client_ip,
+            time: self.audit.time,
+            payload_size: self.body.len() as u64,
         };
-        self.engine.policies.authorize(&question)
+        self.engine.policies.authorize(&question(rt, &self.model, &facts, id))
     }
 
     fn next_transform(&mut self, index: usize) -> Result<Step, Rejection> {
@@ -473,6 +453,7 @@ fn input_name(i: &Input) -> &'static str {
         Input::Keys(_) => "Keys",
         Input::Body(_) => "Body",
         Input::BodyTooLarge => "BodyTooLarge",
+        Input::BodyUnreadable => "BodyUnreadable",
         Input::PluginOutput(_) => "PluginOutput",
     }
 }
@@ -528,4 +509,66 @@ fn ip_or_unspecified(ip: &str) -> String {
     let ip = ip.trim_start_matches('[');
     let ip = ip.split(']').next().unwrap_or(ip);
     if ip.parse::<std::net::IpAddr>().is_ok() { ip.to_owned() } else { "0.0.0.0".to_owned() }
+}
+
+/// Request facts that go into the Cedar context.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path.
+    pub path: &'a str,
+    /// Client address.
+    pub client_ip: &'a str,
+    /// Unix time.
+    pub time: i64,
+    /// Body size in bytes.
+    pub payload_size: u64,
+}
+
+fn question(rt: &RouteRuntime, model: &str, f: &Facts<'_>, id: &Identity) -> Question {
+    Question {
+        kind: id.kind,
+        principal: id.subject.clone(),
+        issuer: id.issuer.clone(),
+        email: id.claims.get("email").and_then(|v| v.as_str()).map(str::to_owned),
+        groups: id.groups.clone(),
+        action: rt.spec.action.clone(),
+        resource: model.to_owned(),
+        context: serde_json::json!({
+            "method": f.method,
+            "path": f.path,
+            "route": rt.spec.name,
+            "client_ip": {"__extn": {"fn": "ip", "arg": ip_or_unspecified(f.client_ip)}},
+            "time": f.time,
+            "scopes": id.scopes,
+            "issuer": id.issuer,
+            "payload_size": i64::try_from(f.payload_size).unwrap_or(i64::MAX),
+        }),
+    }
+}
+
+impl Engine {
+    /// Answers offline what the pipeline would decide for an already verified `identity`: the matched
+    /// route, the Cedar question and the decision. Used by `gatehouse authorize`.
+    pub fn explain(&self, facts: &Facts<'_>, identity: &Identity) -> Result<(String, Question, Decision), Rejection> {
+        let (r, params) = self.route_for(facts.method, facts.path)?;
+        let q = question(&r, &r.model.render(&params), facts, identity);
+        let d = self.policies.authorize(&q);
+        Ok((r.spec.name.clone(), q, d))
+    }
+
+    /// The first route whose path and method match.
+    fn route_for(&self, method: &str, path: &str) -> Result<(Arc<RouteRuntime>, Params), Rejection> {
+        let mut allow = Vec::new();
+        for r in &self.routes {
+            if let Some(params) = r.path.matches(path) {
+                if r.spec.methods.iter().any(|m| m == method) {
+                    return Ok((Arc::clone(r), params));
+                }
+                allow.extend(r.spec.methods.iter().cloned());
+            }
+        }
+        Err(if allow.is_empty() { Rejection::NoRoute } else { Rejection::MethodNotAllowed { allow } })
+    }
 }

@@ -1,1 +1,146 @@
-//! placeholder
+//! The self-hosted Gatehouse host: a hyper server that drives the sans-IO [`gatehouse_engine`], running
+//! plugins with wasmtime, fetching keys and forwarding to upstreams.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), gatehouse_host::HostError> {
+//! let gateway = gatehouse_host::Gateway::from_file("gatehouse.toml")?;
+//! let (addr, server) = gatehouse_host::serve(std::sync::Arc::new(gateway), "127.0.0.1:8080").await?;
+//! println!("listening on {addr}");
+//! server.await.ok();
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod audit;
+pub mod client;
+pub mod demo;
+pub mod gateway;
+pub mod keys;
+pub mod runtime;
+
+pub use audit::AuditSink;
+pub use gateway::{Gateway, Loaded, ResponseBody};
+
+use gatehouse_engine::{ConfigError, Engine};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a configuration could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The configuration or its policies are invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A plugin module could not be loaded.
+    #[error("{0}")]
+    Plugin(#[from] runtime::LoadError),
+    /// Listening or opening the audit file failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The host's clock: wall time for token checks, a monotonic clock for latencies.
+pub struct SystemClock {
+    start: Instant,
+}
+
+impl SystemClock {
+    /// A new clock.
+    pub fn new() -> SystemClock {
+        SystemClock { start: Instant::now() }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl gatehouse_engine::Clock for SystemClock {
+    fn unix_secs(&self) -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    }
+    fn micros(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+fn read_file(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+fn list_dir(path: &str) -> Option<Vec<String>> {
+    let rd = std::fs::read_dir(path).ok()?;
+    Some(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+}
+
+/// Loads a configuration file and the plugins it names.
+pub fn load_file(path: &str, client: &client::HttpClient) -> Result<Loaded, HostError> {
+    let engine = Engine::load(path, &read_file, &list_dir, Arc::new(SystemClock::new()))?;
+    load_engine(engine, client)
+}
+
+/// Loads the plugins of an engine and prepares its key caches.
+pub fn load_engine(engine: Engine, client: &client::HttpClient) -> Result<Loaded, HostError> {
+    let server = &engine.config.server;
+    let plugins = runtime::Plugins::load(
+        engine.plugins(),
+        Duration::from_millis(server.plugin_timeout_ms),
+        server.plugin_memory_bytes,
+    )?;
+    let keys = keys::KeyStore::new(engine.issuers.iter().map(|i| i.spec.clone()), client.clone());
+    Ok(Loaded { engine: Arc::new(engine), plugins, keys })
+}
+
+impl Gateway {
+    /// A gateway from a configuration file, auditing where the file says.
+    pub fn from_file(path: &str) -> Result<Gateway, HostError> {
+        let client = client::build();
+        let loaded = load_file(path, &client)?;
+        let audit = AuditSink::open(&loaded.engine.config.server.audit)?;
+        Ok(Gateway::new(loaded, client, audit))
+    }
+
+    /// Re-reads `path` and puts it in force; on any error the running configuration stays.
+    pub fn reload(&self, path: &str) -> Result<(), HostError> {
+        let loaded = load_file(path, self.client())?;
+        self.replace(loaded);
+        Ok(())
+    }
+}
+
+/// Listens on `addr` and serves `gateway` until the returned task is dropped or aborted.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    addr: &str,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HostError> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(gateway, listener)
+}
+
+/// Serves `gateway` on an already bound listener.
+pub fn serve_on(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HostError> {
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let gw = Arc::clone(&gateway);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let gw = Arc::clone(&gw);
+                    async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok((local, task))
+}

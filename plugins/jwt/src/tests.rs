@@ -215,3 +215,42 @@ fn weak_configurations_are_rejected() {
             .unwrap();
     assert_eq!(cfg.check().unwrap_err().code, "bad_config");
 }
+
+/// Regenerates `tests/corpus/*.json` from native runs: `cargo test -p gatehouse-plugin-jwt -- --ignored bless`.
+/// The host's corpus test then checks that the wasm module answers exactly the same.
+#[test]
+#[ignore]
+fn bless_corpus() {
+    let dir = format!("{}/tests/corpus", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = serde_json::to_value(json!({"issuers": [{
+        "issuer": ISS, "audiences": ["api://gatehouse"],
+        "algorithms": ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"],
+        "groups_claim": "groups"
+    }]}))
+    .unwrap();
+    let mut expired = claims();
+    expired["exp"] = json!(NOW - 3600);
+    let mut wrong_aud = claims();
+    wrong_aud["aud"] = json!("api://other");
+    let cases = vec![
+        ("rs256-valid", mint(Algorithm::RS256, "rsa1", &claims())),
+        ("ps256-valid", mint(Algorithm::PS256, "rsa2", &claims())),
+        ("es256-valid", mint(Algorithm::ES256, "ec256", &claims())),
+        ("es384-valid", mint(Algorithm::ES384, "ec384", &claims())),
+        ("eddsa-valid", mint(Algorithm::EdDSA, "ed25519", &claims())),
+        ("expired", mint(Algorithm::RS256, "rsa1", &expired)),
+        ("wrong-audience", mint(Algorithm::ES256, "ec256", &wrong_aud)),
+        ("alg-none", forge(json!({"alg": "none"}), &claims(), b"")),
+    ];
+    for (name, token) in cases {
+        let input = json!({"token": token, "now": NOW, "jwks": jwks()});
+        let out = gatehouse_plugin_sdk::rt::call(
+            &serde_json::to_vec(&cfg).unwrap(),
+            &serde_json::to_vec(&input).unwrap(),
+            Jwt::authenticate,
+        );
+        let case = json!({"hook": "authenticate", "config": cfg, "input": input, "expect": out});
+        std::fs::write(format!("{dir}/{name}.json"), serde_json::to_string_pretty(&case).unwrap() + "\n").unwrap();
+    }
+}

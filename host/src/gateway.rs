@@ -1,0 +1,198 @@
+//! The gateway: drives the engine's [`Exchange`] for each HTTP request, performing the I/O it asks for.
+
+use crate::audit::AuditSink;
+use crate::client::HttpClient;
+use crate::keys::KeyStore;
+use crate::runtime::Plugins;
+use bytes::Bytes;
+use gatehouse_engine::{Answer, Engine, Exchange, Input, RequestHead, Step, Upstream};
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body: a buffered answer or the upstream's stream.
+pub type ResponseBody = BoxBody<Bytes, BoxError>;
+
+/// One loaded configuration: engine, plugins and key caches, swapped as a whole on reload.
+pub struct Loaded {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The plugins it uses.
+    pub plugins: Plugins,
+    /// The issuers' keys.
+    pub keys: KeyStore,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    current: RwLock<Arc<Loaded>>,
+    client: HttpClient,
+    audit: AuditSink,
+    local: Option<Arc<dyn LocalRoutes>>,
+}
+
+/// Requests the host answers itself before the pipeline (the demo's dev issuer).
+pub trait LocalRoutes: Send + Sync {
+    /// An answer for this request, if it is a local route.
+    fn answer(&self, method: &str, path: &str, body: &[u8]) -> Option<Response<Full<Bytes>>>;
+}
+
+impl Gateway {
+    /// A gateway over a loaded configuration.
+    pub fn new(loaded: Loaded, client: HttpClient, audit: AuditSink) -> Gateway {
+        Gateway { current: RwLock::new(Arc::new(loaded)), client, audit, local: None }
+    }
+
+    /// Adds host-local routes (used by the demo).
+    pub fn with_local_routes(mut self, local: Arc<dyn LocalRoutes>) -> Gateway {
+        self.local = Some(local);
+        self
+    }
+
+    /// The configuration in force.
+    pub fn loaded(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts a new configuration in force; requests under way finish on the old one.
+    pub fn replace(&self, loaded: Loaded) {
+        let new = Arc::new(loaded);
+        match self.current.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+
+    /// The client used for upstreams and key fetches.
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// Handles one request end to end. Never fails: every error becomes an answer.
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let loaded = self.loaded();
+        let (parts, body) = req.into_parts();
+        let body = match &self.local {
+            Some(local) if parts.uri.path().starts_with("/_dev/") => {
+                let bytes = Limited::new(body, 64 * 1024).collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                return match local.answer(parts.method.as_str(), parts.uri.path(), &bytes) {
+                    Some(res) => res.map(|b| b.map_err(|never| match never {}).boxed()),
+                    None => answer_response(gatehouse_engine::Rejection::NoRoute.answer(&request_id(), false)),
+                };
+            }
+            _ => body,
+        };
+        let head = RequestHead {
+            request_id: request_id(),
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
+                .collect(),
+            client_ip: peer.ip().to_string(),
+        };
+        let (mut ex, mut step) = loaded.engine.start(head);
+        let mut body = Some(body);
+        loop {
+            let input = match step {
+                Step::FetchKeys { issuer, refresh } => Input::Keys(loaded.keys.keys(issuer, refresh).await),
+                Step::ReadBody { limit } => match body.take() {
+                    Some(b) => read_body(b, limit).await,
+                    None => Input::Body(Vec::new()),
+                },
+                Step::CallPlugin(call) => Input::PluginOutput(loaded.plugins.call(&call)),
+                Step::Respond(answer) => {
+                    let response = answer_response(answer);
+                    self.audit.write(&ex.finish());
+                    return response;
+                }
+                Step::Forward(upstream) => return self.forward(ex, upstream).await,
+            };
+            step = ex.resume(input);
+        }
+    }
+
+    async fn forward(&self, mut ex: Exchange, up: Upstream) -> Response<ResponseBody> {
+        let mut builder = Request::builder().method(up.method.as_str()).uri(&up.url);
+        for (n, v) in &up.headers {
+            builder = builder.header(n, v);
+        }
+        let req = match builder.body(Full::new(Bytes::from(up.body))) {
+            Ok(r) => r,
+            Err(e) => return self.fail(ex, false, &format!("cannot build the upstream request: {e}")),
+        };
+        let sent = tokio::time::timeout(Duration::from_millis(up.timeout_ms), self.client.request(req)).await;
+        let res = match sent {
+            Err(_) => return self.fail(ex, true, "timeout"),
+            Ok(Err(e)) => return self.fail(ex, false, &connect_reason(&e)),
+            Ok(Ok(res)) => res,
+        };
+        ex.upstream_responded(res.status().as_u16());
+        self.audit.write(&ex.finish());
+        let (mut parts, incoming) = res.into_parts();
+        for name in ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authenticate", "trailer"] {
+            parts.headers.remove(name);
+        }
+        for (n, v) in up.response_headers {
+            if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(n), HeaderValue::try_from(v)) {
+                parts.headers.insert(n, v);
+            }
+        }
+        Response::from_parts(parts, incoming.map_err(BoxError::from).boxed())
+    }
+
+    fn fail(&self, mut ex: Exchange, timed_out: bool, reason: &str) -> Response<ResponseBody> {
+        let answer = ex.upstream_failed(timed_out, reason);
+        self.audit.write(&ex.finish());
+        answer_response(answer)
+    }
+}
+
+fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
+    if e.is_connect() { "cannot connect to the upstream".into() } else { "the upstream broke the connection".into() }
+}
+
+async fn read_body<B>(body: B, limit: u64) -> Input
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
+        Ok(c) => Input::Body(c.to_bytes().to_vec()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Input::BodyTooLarge,
+        Err(_) => Input::BodyUnreadable,
+    }
+}
+
+/// Turns an engine answer into a response.
+pub fn answer_response(answer: Answer) -> Response<ResponseBody> {
+    let mut res = Response::new(Full::new(Bytes::from(answer.body)).map_err(|never| match never {}).boxed());
+    *res.status_mut() = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    for (n, v) in answer.headers {
+        if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(n), HeaderValue::try_from(v)) {
+            res.headers_mut().append(n, v);
+        }
+    }
+    res
+}
+
+fn request_id() -> String {
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}

@@ -1,0 +1,99 @@
+//! Fetching and caching each issuer's JWKS. The rules (freshness, refetch interval, keeping keys while the
+//! provider is down) are the engine's [`IssuerKeys`]; this module performs the fetches, one at a time per
+//! issuer: requests that need keys while a fetch is under way wait for it and share its result.
+
+use crate::client::{HttpClient, get};
+use gatehouse_engine::config::Issuer;
+use gatehouse_engine::jwks::{IssuerKeys, Want, jwks_uri_from_discovery, parse_jwks};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Slot {
+    spec: Issuer,
+    state: Mutex<IssuerKeys>,
+    jwks_uri: Mutex<Option<String>>,
+    flight: tokio::sync::Mutex<()>,
+}
+
+/// The key sets of all configured issuers.
+pub struct KeyStore {
+    slots: Vec<Slot>,
+    client: HttpClient,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl KeyStore {
+    /// A store for `issuers` (in configuration order).
+    pub fn new(issuers: impl IntoIterator<Item = Issuer>, client: HttpClient) -> KeyStore {
+        let slots = issuers
+            .into_iter()
+            .map(|spec| Slot {
+                jwks_uri: Mutex::new(spec.jwks_uri.clone()),
+                spec,
+                state: Mutex::new(IssuerKeys::default()),
+                flight: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        KeyStore { slots, client }
+    }
+
+    /// Keys of issuer `index`: cached, or fetched now (once for all waiting requests). `refresh` means a
+    /// token named an unknown key. `None` when no keys were ever obtained.
+    pub async fn keys(&self, index: usize, refresh: bool) -> Option<Arc<Value>> {
+        let slot = self.slots.get(index)?;
+        let want = if refresh { Want::UnknownKey } else { Want::Current };
+        let interval = slot.spec.jwks_refresh_interval_secs;
+        let attempts_seen = {
+            let st = slot.state.lock().ok()?;
+            if !st.should_fetch(unix_now(), want, interval) {
+                return st.current();
+            }
+            st.attempts()
+        };
+        let _flight = slot.flight.lock().await;
+        {
+            // Someone else fetched while this request waited: use their result.
+            let st = slot.state.lock().ok()?;
+            if st.attempts() != attempts_seen {
+                return st.current();
+            }
+        }
+        let outcome = self.fetch(slot).await;
+        let mut st = slot.state.lock().ok()?;
+        match outcome {
+            Ok((jwks, cc)) => st.record(unix_now(), Ok((jwks, cc.as_deref())), slot.spec.jwks_max_age_secs),
+            Err(e) => {
+                eprintln!("gatehouse: fetching keys of `{}` failed: {e}", slot.spec.issuer);
+                st.record(unix_now(), Err(e), slot.spec.jwks_max_age_secs);
+            }
+        }
+        st.current()
+    }
+
+    async fn fetch(&self, slot: &Slot) -> Result<(Value, Option<String>), String> {
+        let known = slot.jwks_uri.lock().map_err(|e| e.to_string())?.clone();
+        let uri = match known {
+            Some(u) => u,
+            None => {
+                let doc = get(&self.client, &slot.spec.discovery(), FETCH_TIMEOUT).await?;
+                if doc.status != 200 {
+                    return Err(format!("discovery answered {}", doc.status));
+                }
+                let uri = jwks_uri_from_discovery(&doc.body, &slot.spec.issuer)?;
+                *slot.jwks_uri.lock().map_err(|e| e.to_string())? = Some(uri.clone());
+                uri
+            }
+        };
+        let res = get(&self.client, &uri, FETCH_TIMEOUT).await?;
+        if res.status != 200 {
+            return Err(format!("the JWKS endpoint answered {}", res.status));
+        }
+        Ok((parse_jwks(&res.body)?, res.cache_control))
+    }
+}

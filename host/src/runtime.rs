@@ -1,0 +1,288 @@
+//! Running plugin modules with wasmtime: compiled once, instantiated fresh for every call so no request's
+//! data is visible to another's, bounded by an epoch deadline and a memory cap. A plugin that traps, runs
+//! out of time or memory, or returns garbage fails that call only.
+
+use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
+use gatehouse_plugin_abi::{self as abi, Hook, Manifest};
+use sha2::Digest;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
+
+/// How often the epoch advances; plugin deadlines are counted in these ticks.
+const TICK: Duration = Duration::from_millis(2);
+
+/// Why a module was refused at load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The module file could not be read.
+    #[error("plugin `{name}`: cannot read `{path}`: {message}")]
+    Read {
+        /// Plugin name.
+        name: String,
+        /// Module path.
+        path: String,
+        /// Reader's error.
+        message: String,
+    },
+    /// The module's sha256 differs from the pin.
+    #[error("plugin `{name}`: sha256 is {actual}, but the configuration pins {expected}")]
+    Pin {
+        /// Plugin name.
+        name: String,
+        /// The pin.
+        expected: String,
+        /// The module's digest.
+        actual: String,
+    },
+    /// The module is not a valid ABI v1 plugin.
+    #[error("plugin `{name}`: {message}")]
+    Invalid {
+        /// Plugin name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A process-wide wasmtime engine with an epoch ticker and a cache of compiled modules by sha256.
+pub struct Runtime {
+    engine: Engine,
+    modules: Mutex<HashMap<String, Module>>,
+}
+
+impl Runtime {
+    /// The shared runtime.
+    pub fn global() -> Result<&'static Runtime, String> {
+        static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+        RUNTIME.get_or_init(Runtime::new).as_ref().map_err(Clone::clone)
+    }
+
+    fn new() -> Result<Runtime, String> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| e.to_string())?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("gatehouse-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Runtime { engine, modules: Mutex::new(HashMap::new()) })
+    }
+
+    fn compile(&self, sha: &str, bytes: &[u8]) -> Result<Module, String> {
+        if let Some(m) = self.modules.lock().map_err(|e| e.to_string())?.get(sha) {
+            return Ok(m.clone());
+        }
+        let module = Module::new(&self.engine, bytes).map_err(|e| format!("not a valid module: {e}"))?;
+        self.modules.lock().map_err(|e| e.to_string())?.insert(sha.to_owned(), module.clone());
+        Ok(module)
+    }
+}
+
+/// Per-call state: only the memory limiter.
+struct CallState {
+    limits: StoreLimits,
+}
+
+/// A loaded plugin, ready to instantiate.
+pub struct Plugin {
+    /// Its name in the configuration.
+    pub name: String,
+    /// Lowercase hex sha256 of the module.
+    pub sha256: String,
+    /// What the plugin says about itself.
+    pub manifest: Manifest,
+    pre: InstancePre<CallState>,
+}
+
+/// The plugins of one configuration.
+pub struct Plugins {
+    by_name: HashMap<String, Arc<Plugin>>,
+    timeout: Duration,
+    memory: usize,
+}
+
+impl Plugins {
+    /// Loads every plugin `refs` names; `timeout` and `memory` bound each call.
+    pub fn load<'a>(
+        refs: impl IntoIterator<Item = &'a PluginRef>,
+        timeout: Duration,
+        memory: u64,
+    ) -> Result<Plugins, LoadError> {
+        let runtime = Runtime::global().map_err(|message| LoadError::Invalid { name: "runtime".into(), message })?;
+        let memory = usize::try_from(memory).unwrap_or(usize::MAX);
+        let mut by_name = HashMap::new();
+        for r in refs {
+            let bytes: Vec<u8> = match &r.module {
+                ModuleSource::Builtin(b) => gatehouse_plugin_artifacts::builtin(b)
+                    .ok_or_else(|| LoadError::Invalid { name: r.name.clone(), message: format!("no built-in `{b}`") })?
+                    .to_vec(),
+                ModuleSource::Path(p) => std::fs::read(p).map_err(|e| LoadError::Read {
+                    name: r.name.clone(),
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?,
+            };
+            let sha256 = hex(&sha2::Sha256::digest(&bytes));
+            if let Some(expected) = &r.sha256 {
+                if *expected != sha256 {
+                    return Err(LoadError::Pin { name: r.name.clone(), expected: expected.clone(), actual: sha256 });
+                }
+            }
+            let invalid = |message: String| LoadError::Invalid { name: r.name.clone(), message };
+            let module = runtime.compile(&sha256, &bytes).map_err(invalid)?;
+            if let Some(import) = module.imports().next() {
+                return Err(invalid(format!(
+                    "imports `{}::{}`; a plugin must import nothing",
+                    import.module(),
+                    import.name()
+                )));
+            }
+            let linker: Linker<CallState> = Linker::new(&runtime.engine);
+            let pre = linker.instantiate_pre(&module).map_err(|e| invalid(e.to_string()))?;
+            let mut plugin = Plugin {
+                name: r.name.clone(),
+                sha256,
+                manifest: Manifest {
+                    name: String::new(),
+                    version: String::new(),
+                    kind: String::new(),
+                    hooks: vec![],
+                    config: serde_json::Value::Null,
+                },
+                pre,
+            };
+            plugin.manifest = plugin.read_manifest(memory).map_err(invalid)?;
+            by_name.insert(r.name.clone(), Arc::new(plugin));
+        }
+        Ok(Plugins { by_name, timeout, memory })
+    }
+
+    /// The plugin named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.by_name.get(name)
+    }
+
+    /// All loaded plugins.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.by_name.values()
+    }
+
+    /// Runs a call the engine asked for, in a fresh instance.
+    pub fn call(&self, call: &PluginCall) -> Result<Vec<u8>, String> {
+        let plugin = self.by_name.get(&call.plugin).ok_or("the plugin is not loaded")?;
+        if !plugin.manifest.hooks.contains(&call.hook) {
+            return Err(format!("it does not implement `{}`", call.hook.name()));
+        }
+        plugin.invoke(call.hook, &call.config, &call.input, self.timeout, self.memory)
+    }
+}
+
+impl Plugin {
+    fn store(&self, timeout: Duration, memory: usize) -> Store<CallState> {
+        let limits = StoreLimitsBuilder::new().memory_size(memory).instances(1).memories(1).tables(4).build();
+        let mut store = Store::new(self.pre.module().engine(), CallState { limits });
+        store.limiter(|s| &mut s.limits);
+        let ticks = (timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store
+    }
+
+    fn read_manifest(&self, memory: usize) -> Result<Manifest, String> {
+        let mut store = self.store(Duration::from_secs(1), memory);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| e.to_string())?;
+        let version = instance
+            .get_typed_func::<(), i32>(&mut store, abi::exports::ABI_VERSION)
+            .map_err(|_| format!("does not export `{}`", abi::exports::ABI_VERSION))?
+            .call(&mut store, ())
+            .map_err(|e| e.to_string())?;
+        if version != abi::ABI_VERSION as i32 {
+            return Err(format!("was built for ABI version {version}; this host speaks {}", abi::ABI_VERSION));
+        }
+        let packed = instance
+            .get_typed_func::<(), i64>(&mut store, abi::exports::MANIFEST)
+            .map_err(|_| format!("does not export `{}`", abi::exports::MANIFEST))?
+            .call(&mut store, ())
+            .map_err(|e| e.to_string())?;
+        let bytes = read_region(&instance, &mut store, packed)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("bad manifest: {e}"))?;
+        for hook in &manifest.hooks {
+            if instance.get_func(&mut store, &hook.export_name()).is_none() {
+                return Err(format!("its manifest lists `{}` but it does not export `{}`", hook.name(), hook.export_name()));
+            }
+        }
+        Ok(manifest)
+    }
+
+    fn invoke(&self, hook: Hook, config: &[u8], input: &[u8], timeout: Duration, memory: usize) -> Result<Vec<u8>, String> {
+        let mut store = self.store(timeout, memory);
+        let instance = self.pre.instantiate(&mut store).map_err(describe)?;
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, abi::exports::ALLOC)
+            .map_err(|_| "it does not export an allocator".to_owned())?;
+        let func = instance
+            .get_typed_func::<(i32, i32, i32, i32), i64>(&mut store, &hook.export_name())
+            .map_err(|_| format!("it does not export `{}`", hook.export_name()))?;
+        let (cp, cl) = write_region(&instance, &mut store, &alloc, config)?;
+        let (ip, il) = write_region(&instance, &mut store, &alloc, input)?;
+        let packed = func.call(&mut store, (cp, cl, ip, il)).map_err(describe)?;
+        read_region(&instance, &mut store, packed)
+    }
+}
+
+fn memory(instance: &wasmtime::Instance, store: &mut Store<CallState>) -> Result<wasmtime::Memory, String> {
+    instance.get_memory(&mut *store, abi::exports::MEMORY).ok_or_else(|| "it does not export its memory".to_owned())
+}
+
+fn write_region(
+    instance: &wasmtime::Instance,
+    store: &mut Store<CallState>,
+    alloc: &wasmtime::TypedFunc<i32, i32>,
+    bytes: &[u8],
+) -> Result<(i32, i32), String> {
+    let len = i32::try_from(bytes.len()).map_err(|_| "argument too large".to_owned())?;
+    let ptr = alloc.call(&mut *store, len).map_err(describe)?;
+    let mem = memory(instance, store)?;
+    mem.write(&mut *store, ptr as u32 as usize, bytes).map_err(|_| "its allocator returned a bad region".to_owned())?;
+    Ok((ptr, len))
+}
+
+fn read_region(instance: &wasmtime::Instance, store: &mut Store<CallState>, packed: i64) -> Result<Vec<u8>, String> {
+    let (ptr, len) = abi::unpack(packed);
+    let mem = memory(instance, store)?;
+    let data = mem.data(&*store);
+    data.get(ptr as usize..(ptr as usize).saturating_add(len as usize))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "it returned a region outside its memory".to_owned())
+}
+
+/// A failure's description, safe for callers: what kind of failure, not the guest's backtrace.
+fn describe(e: wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => "it exceeded its time budget".into(),
+            wasmtime::Trap::OutOfFuel => "it ran out of fuel".into(),
+            other => format!("it trapped ({other})"),
+        };
+    }
+    let text = e.to_string();
+    if text.contains("memory") || text.contains("limit") {
+        format!("it exceeded its memory budget ({text})")
+    } else {
+        format!("it failed: {text}")
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
