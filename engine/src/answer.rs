@@ -150,8 +150,10 @@ impl Rejection {
             "detail": self.detail(),
             "request_id": request_id,
         });
-        if let (Rejection::Forbidden(d), true) = (self, reveal_policy_ids) {
-            problem["policy_ids"] = serde_json::json!(d.policy_ids);
+        if let (Rejection::Forbidden(d), true) = (self, reveal_policy_ids)
+            && let Some(obj) = problem.as_object_mut()
+        {
+            obj.insert("policy_ids".into(), serde_json::json!(d.policy_ids));
         }
         let mut headers = vec![
             ("content-type".to_owned(), "application/problem+json".to_owned()),

@@ -133,9 +133,9 @@ fn default_refresh_interval() -> u64 {
 impl Issuer {
     /// The discovery document's address.
     pub fn discovery(&self) -> String {
-        self.discovery_url.clone().unwrap_or_else(|| {
-            format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'))
-        })
+        self.discovery_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/')))
     }
 }
 

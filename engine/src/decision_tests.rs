@@ -120,6 +120,7 @@ fn check(store: &PolicyStore, file: &str, text: &str, case: &Case) -> Outcome {
         problems.push(format!("evaluation errors: {}", d.errors.join("; ")));
     }
     let passed = problems.is_empty();
-    let message = if passed { format!("{} ({got})", case.name) } else { format!("{}: {}", case.name, problems.join("; ")) };
+    let message =
+        if passed { format!("{} ({got})", case.name) } else { format!("{}: {}", case.name, problems.join("; ")) };
     Outcome { at: Located::new(file, line, message), passed }
 }

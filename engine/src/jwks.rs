@@ -77,10 +77,7 @@ fn max_age(cache_control: Option<&str>) -> Option<u64> {
 /// Checks a fetched JWKS document: a JSON object with a `keys` array, private members removed.
 pub fn parse_jwks(body: &[u8]) -> Result<Value, String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("the key set is not JSON: {e}"))?;
-    let keys = v
-        .get_mut("keys")
-        .and_then(Value::as_array_mut)
-        .ok_or("the key set has no `keys` array")?;
+    let keys = v.get_mut("keys").and_then(Value::as_array_mut).ok_or("the key set has no `keys` array")?;
     for key in keys.iter_mut() {
         if let Some(obj) = key.as_object_mut() {
             for private in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {

@@ -1,10 +1,10 @@
 //! Turning a configuration file into a validated [`Engine`].
 
+use crate::Clock;
 use crate::config::{Config, Issuer, line_containing};
 use crate::error::{ConfigError, Located};
 use crate::policy::{PolicyStore, Source};
 use crate::route::Template;
-use crate::Clock;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -109,12 +109,13 @@ impl Engine {
         list_dir: &dyn Fn(&str) -> Option<Vec<String>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, ConfigError> {
-        let invalid = |needle: &str, msg: String| {
-            ConfigError::Invalid(Located::new(file, line_containing(text, needle), msg))
-        };
+        let invalid =
+            |needle: &str, msg: String| ConfigError::Invalid(Located::new(file, line_containing(text, needle), msg));
         let read_source = |path: &str| -> Result<Source, ConfigError> {
             let full = resolve(base, path);
-            read(&full).map(|t| Source { name: full.clone(), text: t }).map_err(|message| ConfigError::Read { file: full, message })
+            read(&full)
+                .map(|t| Source { name: full.clone(), text: t })
+                .map_err(|message| ConfigError::Read { file: full, message })
         };
 
         let schema = read_source(&config.policies.schema)?;
@@ -145,42 +146,56 @@ impl Engine {
         }
 
         let mut plugins = BTreeMap::new();
-        let mut add_plugin = |name: &str, needle: &str, default_config: Option<serde_json::Value>| -> Result<(), ConfigError> {
-            if plugins.contains_key(name) {
-                return Ok(());
-            }
-            let spec = config.plugins.get(name).cloned().unwrap_or_default();
-            let module = match (&spec.builtin, &spec.path) {
-                (Some(b), None) => ModuleSource::Builtin(b.clone()),
-                (None, Some(p)) => ModuleSource::Path(resolve(base, p)),
-                (None, None) if BUILTIN_PLUGINS.contains(&name) => ModuleSource::Builtin(name.to_owned()),
-                (None, None) => return Err(invalid(needle, format!("plugin `{name}` is not built in: give it `path` or `builtin` in [plugins.{name}]"))),
-                (Some(_), Some(_)) => return Err(invalid(needle, format!("plugin `{name}` has both `builtin` and `path`"))),
-            };
-            if let ModuleSource::Builtin(b) = &module {
-                if !BUILTIN_PLUGINS.contains(&b.as_str()) {
-                    return Err(invalid(needle, format!("`{b}` is not a built-in plugin (built in: {})", BUILTIN_PLUGINS.join(", "))));
+        let mut add_plugin =
+            |name: &str, needle: &str, default_config: Option<serde_json::Value>| -> Result<(), ConfigError> {
+                if plugins.contains_key(name) {
+                    return Ok(());
                 }
-            }
-            if let Some(pin) = &spec.sha256 {
-                if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
+                let spec = config.plugins.get(name).cloned().unwrap_or_default();
+                let module = match (&spec.builtin, &spec.path) {
+                    (Some(b), None) => ModuleSource::Builtin(b.clone()),
+                    (None, Some(p)) => ModuleSource::Path(resolve(base, p)),
+                    (None, None) if BUILTIN_PLUGINS.contains(&name) => ModuleSource::Builtin(name.to_owned()),
+                    (None, None) => {
+                        return Err(invalid(
+                            needle,
+                            format!("plugin `{name}` is not built in: give it `path` or `builtin` in [plugins.{name}]"),
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(needle, format!("plugin `{name}` has both `builtin` and `path`")));
+                    }
+                };
+                if let ModuleSource::Builtin(b) = &module
+                    && !BUILTIN_PLUGINS.contains(&b.as_str())
+                {
+                    return Err(invalid(
+                        needle,
+                        format!("`{b}` is not a built-in plugin (built in: {})", BUILTIN_PLUGINS.join(", ")),
+                    ));
+                }
+                if let Some(pin) = &spec.sha256
+                    && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
+                {
                     return Err(invalid(pin, format!("plugin `{name}`: sha256 must be 64 hex digits")));
                 }
-            }
-            let cfg = match (spec.config, default_config) {
-                (Some(v), _) => serde_json::to_value(v).map_err(|e| invalid(needle, e.to_string()))?,
-                (None, Some(d)) => d,
-                (None, None) => serde_json::json!({}),
+                let cfg = match (spec.config, default_config) {
+                    (Some(v), _) => serde_json::to_value(v).map_err(|e| invalid(needle, e.to_string()))?,
+                    (None, Some(d)) => d,
+                    (None, None) => serde_json::json!({}),
+                };
+                let bytes = serde_json::to_vec(&cfg).map_err(|e| invalid(needle, e.to_string()))?;
+                plugins.insert(
+                    name.to_owned(),
+                    PluginRef {
+                        name: name.to_owned(),
+                        module,
+                        sha256: spec.sha256.map(|s| s.to_ascii_lowercase()),
+                        config: bytes.into(),
+                    },
+                );
+                Ok(())
             };
-            let bytes = serde_json::to_vec(&cfg).map_err(|e| invalid(needle, e.to_string()))?;
-            plugins.insert(name.to_owned(), PluginRef {
-                name: name.to_owned(),
-                module,
-                sha256: spec.sha256.map(|s| s.to_ascii_lowercase()),
-                config: bytes.into(),
-            });
-            Ok(())
-        };
         let authn_plugin = config.authn.plugin.clone();
         add_plugin(&authn_plugin, "[authn]", Some(serde_json::json!({ "issuers": config.issuers })))?;
         for r in &config.routes {
@@ -202,10 +217,13 @@ impl Engine {
                     return Err(bad(format!("`{{{p}}}` is not a parameter of path `{}`", r.path)));
                 }
             }
-            if r.methods.is_empty() || r.methods.iter().any(|m| m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase())) {
+            if r.methods.is_empty()
+                || r.methods.iter().any(|m| m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()))
+            {
                 return Err(bad("methods must be upper-case HTTP methods".into()));
             }
-            let backend = config.backends.get(&r.backend).ok_or_else(|| bad(format!("unknown backend `{}`", r.backend)))?;
+            let backend =
+                config.backends.get(&r.backend).ok_or_else(|| bad(format!("unknown backend `{}`", r.backend)))?;
             if !(backend.url.starts_with("http://") || backend.url.starts_with("https://")) {
                 return Err(invalid(&backend.url, format!("backend `{}`: url must be http:// or https://", r.backend)));
             }

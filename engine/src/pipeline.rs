@@ -6,9 +6,7 @@ use crate::load::{Engine, RouteRuntime};
 use crate::policy::{Decision, Question};
 use crate::route::Params;
 use base64::Engine as _;
-use gatehouse_plugin_abi::{
-    AuthnInput, AuthnVerdict, Hook, HookResult, Identity, TransformInput, TransformOutput,
-};
+use gatehouse_plugin_abi::{AuthnInput, AuthnVerdict, Hook, HookResult, Identity, TransformInput, TransformOutput};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -134,8 +132,15 @@ pub struct Exchange {
 }
 
 const HOP_BY_HOP: [&str; 9] = [
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
 ];
 
 impl Engine {
@@ -143,10 +148,10 @@ impl Engine {
     pub fn start(self: &Arc<Self>, mut head: RequestHead) -> (Exchange, Step) {
         let clock = self.clock();
         let now = clock.micros();
-        if self.config.server.trust_forwarded_for {
-            if let Some(first) = head.header("x-forwarded-for").and_then(|v| v.split(',').next()) {
-                head.client_ip = first.trim().to_owned();
-            }
+        if self.config.server.trust_forwarded_for
+            && let Some(first) = head.header("x-forwarded-for").and_then(|v| v.split(',').next())
+        {
+            head.client_ip = first.trim().to_owned();
         }
         let audit = AuditRecord {
             time: clock.unix_secs(),

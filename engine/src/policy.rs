@@ -76,9 +76,7 @@ impl std::fmt::Debug for PolicyStore {
 }
 
 fn diag_line(diag: &dyn Diagnostic, text: &str) -> usize {
-    diag.labels()
-        .and_then(|mut labels| labels.next())
-        .map_or(1, |l| line_of(text, l.offset()))
+    diag.labels().and_then(|mut labels| labels.next()).map_or(1, |l| line_of(text, l.offset()))
 }
 
 fn diag_message(diag: &(dyn Diagnostic + 'static), fallback: String) -> String {
@@ -124,7 +122,11 @@ impl PolicyStore {
                     None => format!("{}:{line}", file.name.rsplit('/').next().unwrap_or(&file.name)),
                 };
                 if let Some(prev) = origins.get(&id) {
-                    problems.push(Located::new(&file.name, line, format!("policy id `{id}` is already used at {prev}")));
+                    problems.push(Located::new(
+                        &file.name,
+                        line,
+                        format!("policy id `{id}` is already used at {prev}"),
+                    ));
                     continue;
                 }
                 let renamed = policy.new_id(PolicyId::new(&id));
@@ -215,11 +217,8 @@ impl PolicyStore {
         if self.entities.get(&resource).is_none() {
             extra.push(Entity::with_uid(resource.clone()));
         }
-        let entities = self
-            .entities
-            .clone()
-            .add_entities(extra, Some(&self.schema))
-            .map_err(|e| format!("entities: {e}"))?;
+        let entities =
+            self.entities.clone().add_entities(extra, Some(&self.schema)).map_err(|e| format!("entities: {e}"))?;
         let context = Context::from_json_value(q.context.clone(), Some((&self.schema, &action)))
             .map_err(|e| format!("context: {e}"))?;
         let request = cedar_policy::Request::new(principal, action, resource, context, Some(&self.schema))

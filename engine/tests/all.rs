@@ -1,4 +1,5 @@
 //! Engine tests over the repository's real policies and a small configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
 use gatehouse_engine::decision_tests;
 use gatehouse_engine::policy::{PolicyStore, Source};
@@ -42,19 +43,22 @@ fn decision_corpus_passes() {
 fn policy_errors_name_file_and_line() {
     let bad = Source {
         name: "bad.cedar".into(),
-        text: "permit(principal, action, resource);\n\npermit(principal, action, resource) when { context.nope == 1 };\n"
-            .into(),
+        text:
+            "permit(principal, action, resource);\n\npermit(principal, action, resource) when { context.nope == 1 };\n"
+                .into(),
     };
     let err = PolicyStore::load(&source("policies/schema.cedarschema"), &[bad], None).unwrap_err();
     let locs = err.locations();
     assert_eq!(locs[0].file, "bad.cedar");
     assert_eq!(locs[0].line, 3, "{err}");
 
-    let syntax = Source { name: "syntax.cedar".into(), text: "permit(principal, action, resource);\nforbid(oops".into() };
+    let syntax =
+        Source { name: "syntax.cedar".into(), text: "permit(principal, action, resource);\nforbid(oops".into() };
     let err = PolicyStore::load(&source("policies/schema.cedarschema"), &[syntax], None).unwrap_err();
     assert_eq!(err.locations()[0].line, 2, "{err}");
 
-    let schema = Source { name: "s.cedarschema".into(), text: "namespace X {\n entity A;\n entity B in [Nope];\n}".into() };
+    let schema =
+        Source { name: "s.cedarschema".into(), text: "namespace X {\n entity A;\n entity B in [Nope];\n}".into() };
     let err = PolicyStore::load(&schema, &[], None).unwrap_err();
     assert_eq!(err.locations()[0].file, "s.cedarschema", "{err}");
 }

@@ -46,11 +46,8 @@ pub async fn get(client: &HttpClient, url: &str, timeout: Duration) -> Result<Fe
         let status = res.status().as_u16();
         let cache_control =
             res.headers().get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = Limited::new(res.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?
-            .to_bytes();
+        let body =
+            Limited::new(res.into_body(), 1 << 20).collect().await.map_err(|e| format!("GET {url}: {e}"))?.to_bytes();
         Ok(Fetched { status, cache_control, body })
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| format!("GET {url}: timed out"))?

@@ -3,9 +3,9 @@
 //! model backend on an ephemeral loopback port, and the example policies of `policies/`.
 
 use crate::gateway::LocalRoutes;
-use bytes::Bytes;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use http::Response;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -56,7 +56,8 @@ impl DevIssuer {
         let claims = json!({"iss": self.issuer, "sub": sub, "aud": aud, "groups": groups,
                             "iat": now, "nbf": now, "exp": now + ttl,
                             "jti": format!("{:016x}", rand::random::<u64>())});
-        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let sig: Signature = self.key.sign(input.as_bytes());
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
     }
@@ -72,11 +73,14 @@ fn json_response(status: u16, v: &Value) -> Response<Full<Bytes>> {
 impl LocalRoutes for DevIssuer {
     fn answer(&self, method: &str, path: &str, body: &[u8]) -> Option<Response<Full<Bytes>>> {
         match (method, path) {
-            ("GET", "/_dev/issuer/.well-known/openid-configuration") => Some(json_response(200, &json!({
-                "issuer": self.issuer,
-                "jwks_uri": format!("{}/jwks", self.issuer),
-                "id_token_signing_alg_values_supported": ["ES256"],
-            }))),
+            ("GET", "/_dev/issuer/.well-known/openid-configuration") => Some(json_response(
+                200,
+                &json!({
+                    "issuer": self.issuer,
+                    "jwks_uri": format!("{}/jwks", self.issuer),
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                }),
+            )),
             ("GET", "/_dev/issuer/jwks") => Some(json_response(200, &self.jwks())),
             ("POST", "/_dev/token") => {
                 let req: Value = serde_json::from_slice(body).unwrap_or(json!({}));
@@ -150,8 +154,11 @@ pub async fn start_backend() -> std::io::Result<std::net::SocketAddr> {
                     let n = input.get("instances").and_then(Value::as_array).map_or(1, Vec::len);
                     let predictions: Vec<Value> = (0..n).map(|i| json!({"score": 0.5 + (i as f64) / 100.0})).collect();
                     let model = path.rsplit('/').next().unwrap_or_default().split(':').next().unwrap_or_default();
-                    Ok::<_, std::convert::Infallible>(json_response(200, &json!({
-                        "model": model, "predictions": predictions, "deployedModelId": "demo-1"})))
+                    Ok::<_, std::convert::Infallible>(json_response(
+                        200,
+                        &json!({
+                        "model": model, "predictions": predictions, "deployedModelId": "demo-1"}),
+                    ))
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });

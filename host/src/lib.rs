@@ -114,10 +114,7 @@ impl Gateway {
 }
 
 /// Listens on `addr` and serves `gateway` until the returned task is dropped or aborted.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    addr: &str,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HostError> {
+pub async fn serve(gateway: Arc<Gateway>, addr: &str) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HostError> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     serve_on(gateway, listener)
 }

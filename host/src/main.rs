@@ -115,7 +115,8 @@ async fn serve_config(path: String, listen: Option<String>) -> Result<i32> {
 }
 
 async fn serve_demo(listen: String) -> Result<i32> {
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     let backend = demo::start_backend().await?;
     let dev = Arc::new(demo::DevIssuer::new(&format!("http://{local}")));
@@ -139,7 +140,9 @@ async fn serve_demo(listen: String) -> Result<i32> {
 
 fn load(config: &str) -> Result<Engine, Vec<String>> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
-    let list = |p: &str| std::fs::read_dir(p).ok().map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect());
+    let list = |p: &str| {
+        std::fs::read_dir(p).ok().map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+    };
     Engine::load(config, &read, &list, Arc::new(SystemClock::new()))
         .map_err(|e| e.locations().iter().map(ToString::to_string).collect())
 }
@@ -161,7 +164,10 @@ fn check(config: &str) -> Result<i32> {
         Ok(loaded) => {
             println!("{config}: ok ({policies} policies, {routes} routes)");
             for p in loaded.plugins.iter() {
-                println!("  plugin {} ({} {}, {}): sha256 {}", p.name, p.manifest.name, p.manifest.version, p.manifest.kind, p.sha256);
+                println!(
+                    "  plugin {} ({} {}, {}): sha256 {}",
+                    p.name, p.manifest.name, p.manifest.version, p.manifest.kind, p.sha256
+                );
             }
             Ok(0)
         }
@@ -230,10 +236,19 @@ fn authorize(config: &str, request: &str) -> Result<i32> {
         claims,
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-    let facts = Facts { method: &req.method, path: &req.path, client_ip: &req.client_ip, time: now, payload_size: req.payload_size };
+    let facts = Facts {
+        method: &req.method,
+        path: &req.path,
+        client_ip: &req.client_ip,
+        time: now,
+        payload_size: req.payload_size,
+    };
     match engine.explain(&facts, &identity) {
         Err(r) => {
-            println!("{}", serde_json::json!({"decision": "deny", "status": r.status(), "reason": r.kind(), "detail": r.detail()}));
+            println!(
+                "{}",
+                serde_json::json!({"decision": "deny", "status": r.status(), "reason": r.kind(), "detail": r.detail()})
+            );
             Ok(1)
         }
         Ok((route, question, decision)) => {
@@ -314,13 +329,14 @@ async fn token(sub: String, groups: String, ttl: i64, aud: String, listen: Strin
     let req = http::Request::post(format!("http://{listen}/_dev/token"))
         .header("content-type", "application/json")
         .body(Full::new(bytes::Bytes::from(body)))?;
-    let res = client.request(req).await.with_context(|| format!("is the demo running on {listen}? (`gatehouse serve`)"))?;
+    let res =
+        client.request(req).await.with_context(|| format!("is the demo running on {listen}? (`gatehouse serve`)"))?;
     let status = res.status();
     let bytes = res.into_body().collect().await?.to_bytes();
     if !status.is_success() {
         bail!("the demo answered {status}: {}", String::from_utf8_lossy(&bytes));
     }
     let v: serde_json::Value = serde_json::from_slice(&bytes)?;
-    println!("{}", v["access_token"].as_str().context("no access_token in the answer")?);
+    println!("{}", v.get("access_token").and_then(|t| t.as_str()).context("no access_token in the answer")?);
     Ok(0)
 }

@@ -133,10 +133,10 @@ impl Plugins {
                 })?,
             };
             let sha256 = hex(&sha2::Sha256::digest(&bytes));
-            if let Some(expected) = &r.sha256 {
-                if *expected != sha256 {
-                    return Err(LoadError::Pin { name: r.name.clone(), expected: expected.clone(), actual: sha256 });
-                }
+            if let Some(expected) = &r.sha256
+                && *expected != sha256
+            {
+                return Err(LoadError::Pin { name: r.name.clone(), expected: expected.clone(), actual: sha256 });
             }
             let invalid = |message: String| LoadError::Invalid { name: r.name.clone(), message };
             let module = runtime.compile(&sha256, &bytes).map_err(invalid)?;
@@ -217,13 +217,24 @@ impl Plugin {
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("bad manifest: {e}"))?;
         for hook in &manifest.hooks {
             if instance.get_func(&mut store, &hook.export_name()).is_none() {
-                return Err(format!("its manifest lists `{}` but it does not export `{}`", hook.name(), hook.export_name()));
+                return Err(format!(
+                    "its manifest lists `{}` but it does not export `{}`",
+                    hook.name(),
+                    hook.export_name()
+                ));
             }
         }
         Ok(manifest)
     }
 
-    fn invoke(&self, hook: Hook, config: &[u8], input: &[u8], timeout: Duration, memory: usize) -> Result<Vec<u8>, String> {
+    fn invoke(
+        &self,
+        hook: Hook,
+        config: &[u8],
+        input: &[u8],
+        timeout: Duration,
+        memory: usize,
+    ) -> Result<Vec<u8>, String> {
         let mut store = self.store(timeout, memory);
         let instance = self.pre.instantiate(&mut store).map_err(describe)?;
         let alloc = instance

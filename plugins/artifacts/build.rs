@@ -55,8 +55,15 @@ fn run() -> Result<(), String> {
     for name in &plugins {
         cmd.args(["-p", &format!("gatehouse-plugin-{name}")]);
     }
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER",
-                "RUSTC_WRAPPER", "CARGO_TARGET_DIR", "CARGO_PROFILE_RELEASE_DEBUG"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -86,8 +93,14 @@ fn run() -> Result<(), String> {
         let corpus = plugins_dir.join(name).join("tests").join("corpus").display().to_string();
         let _ = writeln!(code, "/// Decision corpus of `{name}`.\npub const {ident}_CORPUS: &str = {corpus:?};");
     }
-    let _ = writeln!(code, "/// Built-in plugins embedded in the host: (name, module).\npub const BUILTIN: &[(&str, &[u8])] = &[\n{builtin}];");
-    let _ = writeln!(code, "/// Every plugin built from this workspace, test fixtures included: (name, path).\npub const ALL_PATHS: &[(&str, &str)] = &[\n{all}];");
+    let _ = writeln!(
+        code,
+        "/// Built-in plugins embedded in the host: (name, module).\npub const BUILTIN: &[(&str, &[u8])] = &[\n{builtin}];"
+    );
+    let _ = writeln!(
+        code,
+        "/// Every plugin built from this workspace, test fixtures included: (name, path).\npub const ALL_PATHS: &[(&str, &str)] = &[\n{all}];"
+    );
     fs::write(out_dir.join("plugins.rs"), code).map_err(|e| e.to_string())?;
     Ok(())
 }

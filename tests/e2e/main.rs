@@ -151,7 +151,8 @@ async fn policy_allows_and_denies() {
     assert_eq!(denied.json()["type"], "urn:gatehouse:problem:forbidden");
     assert_eq!(denied.json()["policy_ids"], json!([]));
 
-    let restricted = post(&w.gw.url("/v1/models/fraud-scorer:predict"), Some(&w.token("alice", &["data-scientists"])), "{}").await;
+    let restricted =
+        post(&w.gw.url("/v1/models/fraud-scorer:predict"), Some(&w.token("alice", &["data-scientists"])), "{}").await;
     assert_eq!(restricted.status, 403);
     assert_eq!(restricted.json()["policy_ids"], json!(["restricted-models-need-owners"]));
 
@@ -206,7 +207,10 @@ async fn bad_tokens_get_401_with_a_challenge() {
         let r = post(&w.gw.url(PREDICT), Some(&token), "{}").await;
         assert_eq!(r.status, 401, "{what}: {}", r.body);
         let challenge = r.header("www-authenticate");
-        assert!(challenge.starts_with("Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\""), "{what}: {challenge}");
+        assert!(
+            challenge.starts_with("Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\""),
+            "{what}: {challenge}"
+        );
         assert!(!r.body.contains(&token), "{what}: the token leaked into the answer");
     }
     let audit = w.gw.audit_text();
@@ -344,7 +348,10 @@ async fn responses_stream_before_the_backend_finishes() {
     let mut body = res.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "data: first\n\n");
-    assert!(!w.backend.finished.load(std::sync::atomic::Ordering::SeqCst), "the first chunk came before the backend finished");
+    assert!(
+        !w.backend.finished.load(std::sync::atomic::Ordering::SeqCst),
+        "the first chunk came before the backend finished"
+    );
     w.backend.release.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "data: last\n\n");

@@ -24,8 +24,13 @@ pub fn repo(path: &str) -> String {
 /// The test JWKS (`tests/keys/jwks.json`), optionally restricted to some kids.
 pub fn jwks(kids: &[&str]) -> Value {
     let all: Value = serde_json::from_str(&std::fs::read_to_string(repo("tests/keys/jwks.json")).unwrap()).unwrap();
-    let keys: Vec<Value> =
-        all["keys"].as_array().unwrap().iter().filter(|k| kids.contains(&k["kid"].as_str().unwrap())).cloned().collect();
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+        .cloned()
+        .collect();
     json!({ "keys": keys })
 }
 

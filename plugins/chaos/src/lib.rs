@@ -96,7 +96,8 @@ mod tests {
     fn echo_behaves() {
         let cfg = Config { mode: Mode::Echo };
         let body = gatehouse_plugin_sdk::serde_json::json!({"a": 1});
-        let out = Chaos::transform_request(&cfg, TransformInput { route: "r".into(), model: "m".into(), body: body.clone() });
+        let out =
+            Chaos::transform_request(&cfg, TransformInput { route: "r".into(), model: "m".into(), body: body.clone() });
         assert_eq!(out.unwrap(), TransformOutput::Body(body));
     }
 }

@@ -17,15 +17,15 @@ pub fn check(
     if now > exp.saturating_add(skew) {
         return Err(invalid("the token has expired"));
     }
-    if let Some(nbf) = numeric(claims, "nbf")? {
-        if now.saturating_add(skew) < nbf {
-            return Err(invalid("the token is not valid yet (`nbf`)"));
-        }
+    if let Some(nbf) = numeric(claims, "nbf")?
+        && now.saturating_add(skew) < nbf
+    {
+        return Err(invalid("the token is not valid yet (`nbf`)"));
     }
-    if let Some(iat) = numeric(claims, "iat")? {
-        if now.saturating_add(skew) < iat {
-            return Err(invalid("the token was issued in the future (`iat`)"));
-        }
+    if let Some(iat) = numeric(claims, "iat")?
+        && now.saturating_add(skew) < iat
+    {
+        return Err(invalid("the token was issued in the future (`iat`)"));
     }
     let audiences = list(claims.get("aud"));
     if !audiences.iter().any(|a| cfg.audiences.iter().any(|c| c == a)) {

@@ -18,10 +18,8 @@ pub fn verify(
     input: &[u8],
     signature: &[u8],
 ) -> Result<Option<String>, Refusal> {
-    let keys = jwks
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or_else(|| invalid("the issuer's key set is malformed"))?;
+    let keys =
+        jwks.get("keys").and_then(Value::as_array).ok_or_else(|| invalid("the issuer's key set is malformed"))?;
     let candidates: Vec<&Value> = keys
         .iter()
         .filter(|k| kid.is_none() || k.get("kid").and_then(Value::as_str) == kid)
@@ -56,13 +54,13 @@ fn fits(key: &Value, alg: &str) -> bool {
     if s("alg").is_some_and(|a| a != alg) {
         return false;
     }
-    match (alg, s("kty"), s("crv")) {
-        ("RS256" | "RS384" | "RS512" | "PS256", Some("RSA"), _) => true,
-        ("ES256", Some("EC"), Some("P-256")) => true,
-        ("ES384", Some("EC"), Some("P-384")) => true,
-        ("EdDSA", Some("OKP"), Some("Ed25519")) => true,
-        _ => false,
-    }
+    matches!(
+        (alg, s("kty"), s("crv")),
+        ("RS256" | "RS384" | "RS512" | "PS256", Some("RSA"), _)
+            | ("ES256", Some("EC"), Some("P-256"))
+            | ("ES384", Some("EC"), Some("P-384"))
+            | ("EdDSA", Some("OKP"), Some("Ed25519"))
+    )
 }
 
 fn member(key: &Value, name: &str) -> Result<Vec<u8>, &'static str> {
@@ -87,9 +85,8 @@ fn verify_with(key: &Value, alg: &str, input: &[u8], sig: &[u8]) -> Result<(), &
                 "RS256" => rsa_pkcs1::<sha2::Sha256>(public, input, sig),
                 "RS384" => rsa_pkcs1::<sha2::Sha384>(public, input, sig),
                 "RS512" => rsa_pkcs1::<sha2::Sha512>(public, input, sig),
-                _ => rsa::pss::Signature::try_from(sig).is_ok_and(|s| {
-                    rsa::pss::VerifyingKey::<sha2::Sha256>::new(public).verify(input, &s).is_ok()
-                }),
+                _ => rsa::pss::Signature::try_from(sig)
+                    .is_ok_and(|s| rsa::pss::VerifyingKey::<sha2::Sha256>::new(public).verify(input, &s).is_ok()),
             };
             ok.then_some(()).ok_or(BAD_SIG)
         }
@@ -111,7 +108,8 @@ fn verify_with(key: &Value, alg: &str, input: &[u8], sig: &[u8]) -> Result<(), &
         }
         "EdDSA" => {
             let x: [u8; 32] = member(key, "x")?.try_into().map_err(|_| "an Ed25519 key in the key set is invalid")?;
-            let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "an Ed25519 key in the key set is invalid")?;
+            let vk =
+                ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "an Ed25519 key in the key set is invalid")?;
             let s = ed25519_dalek::Signature::from_slice(sig).map_err(|_| BAD_SIG)?;
             vk.verify_strict(input, &s).map_err(|_| BAD_SIG)
         }

@@ -12,9 +12,7 @@ mod token;
 
 pub use config::{Config, IssuerConfig};
 
-use gatehouse_plugin_sdk::{
-    AuthnInput, AuthnVerdict, Hook, Manifest, Plugin, PluginError, Refusal, RefusalCode,
-};
+use gatehouse_plugin_sdk::{AuthnInput, AuthnVerdict, Hook, Manifest, Plugin, PluginError, Refusal, RefusalCode};
 
 /// The plugin.
 pub struct Jwt;

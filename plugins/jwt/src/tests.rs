@@ -62,12 +62,7 @@ fn refused(token: String) -> Refusal {
 fn forge(header: Value, claims: &Value, sig: &[u8]) -> String {
     use base64::Engine as _;
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!(
-        "{}.{}.{}",
-        e.encode(header.to_string()),
-        e.encode(claims.to_string()),
-        e.encode(sig)
-    )
+    format!("{}.{}.{}", e.encode(header.to_string()), e.encode(claims.to_string()), e.encode(sig))
 }
 
 #[test]
@@ -165,8 +160,12 @@ fn dangerous_headers_are_refused() {
         encode(&h, &c, &EncodingKey::from_secret(&secret)).unwrap()
     };
     assert!(refused(hs).description.contains("symmetric"));
-    for extra in [json!({"crit": ["exp"]}), json!({"jku": "https://evil/jwks"}), json!({"x5u": "https://evil"}),
-                  json!({"jwk": {"kty": "OKP"}})] {
+    for extra in [
+        json!({"crit": ["exp"]}),
+        json!({"jku": "https://evil/jwks"}),
+        json!({"x5u": "https://evil"}),
+        json!({"jwk": {"kty": "OKP"}}),
+    ] {
         let mut header = json!({"alg": "RS256", "kid": "rsa1"});
         header.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let token = mint(Algorithm::RS256, "rsa1", &c);

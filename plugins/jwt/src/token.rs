@@ -23,33 +23,24 @@ impl<'t> Parsed<'t> {
             return Err(invalid("the token is too long"));
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(invalid("the token is not a compact JWS (three base64url parts)"));
         };
         let header = decode_object(h, "header")?;
         let claims = decode_object(p, "payload")?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| invalid("the token's signature is not base64url"))?;
+        let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| invalid("the token's signature is not base64url"))?;
         let signing_input = token.get(..h.len() + 1 + p.len()).unwrap_or_default();
         Ok(Parsed { header, claims, signing_input, signature })
     }
 
     pub fn issuer(&self) -> Result<&str, Refusal> {
-        self.claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("the token has no `iss` claim"))
+        self.claims.get("iss").and_then(Value::as_str).ok_or_else(|| invalid("the token has no `iss` claim"))
     }
 
     /// Checks the header against the issuer's rules and returns the algorithm.
     pub fn check_header(&self, issuer: &IssuerConfig) -> Result<&str, Refusal> {
-        let alg = self
-            .header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid("the token header has no `alg`"))?;
+        let alg =
+            self.header.get("alg").and_then(Value::as_str).ok_or_else(|| invalid("the token header has no `alg`"))?;
         if alg.eq_ignore_ascii_case("none") {
             return Err(invalid("unsigned tokens (`alg: none`) are refused"));
         }
@@ -90,9 +81,7 @@ impl<'t> Parsed<'t> {
 }
 
 fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, Refusal> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| invalid(format!("the token {what} is not base64url")))?;
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| invalid(format!("the token {what} is not base64url")))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(invalid(format!("the token {what} is not a JSON object"))),

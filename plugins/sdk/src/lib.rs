@@ -34,8 +34,8 @@
 #![deny(missing_docs)]
 
 pub use gatehouse_plugin_abi::{
-    self as abi, AuthnInput, AuthnVerdict, Hook, HookResult, Identity, Manifest, PluginError,
-    PrincipalKind, Refusal, RefusalCode, TransformInput, TransformOutput,
+    self as abi, AuthnInput, AuthnVerdict, Hook, HookResult, Identity, Manifest, PluginError, PrincipalKind, Refusal,
+    RefusalCode, TransformInput, TransformOutput,
 };
 pub use serde_json;
 
@@ -56,23 +56,14 @@ pub trait Plugin {
     }
 
     /// The `transform_request` hook.
-    fn transform_request(
-        _config: &Self::Config,
-        _input: TransformInput,
-    ) -> Result<TransformOutput, PluginError> {
+    fn transform_request(_config: &Self::Config, _input: TransformInput) -> Result<TransformOutput, PluginError> {
         Err(unsupported(Hook::TransformRequest))
     }
 }
 
 /// Builds a [`Manifest`] whose version is the plugin crate's.
 pub fn manifest(name: &str, kind: &str, hooks: &[Hook], config: serde_json::Value) -> Manifest {
-    Manifest {
-        name: name.to_owned(),
-        version: env_version(),
-        kind: kind.to_owned(),
-        hooks: hooks.to_vec(),
-        config,
-    }
+    Manifest { name: name.to_owned(), version: env_version(), kind: kind.to_owned(), hooks: hooks.to_vec(), config }
 }
 
 fn env_version() -> String {

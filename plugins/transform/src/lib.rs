@@ -5,9 +5,7 @@
 //! `set` (insert or overwrite).
 #![deny(missing_docs)]
 
-use gatehouse_plugin_sdk::{
-    Hook, Manifest, Plugin, PluginError, TransformInput, TransformOutput, serde_json::Value,
-};
+use gatehouse_plugin_sdk::{Hook, Manifest, Plugin, PluginError, TransformInput, TransformOutput, serde_json::Value};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -58,10 +56,10 @@ impl Plugin for Transform {
             return Ok(reject(format!("the payload lacks `{missing}`"), false));
         }
         for (path, max) in &cfg.max_items {
-            if let Some(len) = body.pointer(path).and_then(Value::as_array).map(Vec::len) {
-                if len > *max {
-                    return Ok(reject(format!("`{path}` has {len} items; at most {max} are allowed"), true));
-                }
+            if let Some(len) = body.pointer(path).and_then(Value::as_array).map(Vec::len)
+                && len > *max
+            {
+                return Ok(reject(format!("`{path}` has {len} items; at most {max} are allowed"), true));
             }
         }
         for path in &cfg.redact {
@@ -92,10 +90,10 @@ fn remove(body: &mut Value, path: &str) {
             map.remove(&key);
         }
         Some(Value::Array(items)) => {
-            if let Ok(i) = key.parse::<usize>() {
-                if i < items.len() {
-                    items.remove(i);
-                }
+            if let Ok(i) = key.parse::<usize>()
+                && i < items.len()
+            {
+                items.remove(i);
             }
         }
         _ => {}
@@ -129,12 +127,20 @@ mod tests {
     fn redacts_sets_and_limits() {
         let cfg = json!({"redact": ["/user/ssn", "/debug"], "set": {"/parameters/temperature": 0.2},
                          "max_items": {"/instances": 2}, "require": ["/instances"]});
-        let out = run(cfg.clone(), json!({"instances": [1, 2], "parameters": {}, "debug": true,
-                                          "user": {"ssn": "123", "name": "a"}}));
-        assert_eq!(out, TransformOutput::Body(json!({"instances": [1, 2], "parameters": {"temperature": 0.2},
-                                                      "user": {"name": "a"}})));
-        assert!(matches!(run(cfg.clone(), json!({"instances": [1, 2, 3]})),
-                         TransformOutput::Reject { too_large: true, .. }));
+        let out = run(
+            cfg.clone(),
+            json!({"instances": [1, 2], "parameters": {}, "debug": true,
+                                          "user": {"ssn": "123", "name": "a"}}),
+        );
+        assert_eq!(
+            out,
+            TransformOutput::Body(json!({"instances": [1, 2], "parameters": {"temperature": 0.2},
+                                                      "user": {"name": "a"}}))
+        );
+        assert!(matches!(
+            run(cfg.clone(), json!({"instances": [1, 2, 3]})),
+            TransformOutput::Reject { too_large: true, .. }
+        ));
         assert!(matches!(run(cfg, json!({"x": 1})), TransformOutput::Reject { too_large: false, .. }));
     }
 
