@@ -577,3 +577,28 @@ impl Engine {
         Err(if allow.is_empty() { Rejection::NoRoute } else { Rejection::MethodNotAllowed { allow } })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_plugin_output_is_a_plugin_failure() {
+        let r = decode::<AuthnVerdict>("p", Ok(b"this is not json".to_vec())).unwrap_err();
+        assert_eq!(r.kind(), "plugin-failed");
+        assert_eq!(r.status(), 403);
+        let r = decode::<AuthnVerdict>("p", Ok(br#"{"ok": {"something": "else"}}"#.to_vec())).unwrap_err();
+        assert_eq!(r.kind(), "plugin-failed");
+        let r = decode::<AuthnVerdict>("p", Err("it trapped".into())).unwrap_err();
+        assert!(r.detail().contains("it trapped"));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer(Some("bearer   abc ")).unwrap(), "abc");
+        assert!(matches!(bearer(None), Err(Rejection::MissingToken)));
+        assert!(matches!(bearer(Some("Basic dXNlcg==")), Err(Rejection::MissingToken)));
+        assert_eq!(bearer(Some("Bearer a b")).unwrap_err().status(), 400);
+    }
+}

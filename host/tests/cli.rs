@@ -42,7 +42,11 @@ fn authorize_explains_a_decision_offline() {
     let dir = tmp("authorize");
     let req = dir.join("request.json");
     std::fs::write(&req, r#"{"path": "/v1/models/fraud-scorer:predict", "identity": {"issuer": "https://example.okta.com/oauth2/default", "subject": "alice", "groups": ["data-scientists"]}}"#).unwrap();
-    let out = gatehouse().args(["authorize", "--config", "examples/basic/gatehouse.toml", "--request"]).arg(&req).output().unwrap();
+    let out = gatehouse()
+        .args(["authorize", "--config", "examples/basic/gatehouse.toml", "--request"])
+        .arg(&req)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "deny exits 2");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"], "deny");
