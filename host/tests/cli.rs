@@ -96,6 +96,7 @@ fn the_demo_allows_and_denies_with_dev_tokens() {
     let bob = token(&["--sub", "bob"]);
     let (a, b) = (call(&alice), call(&bob));
     demo.kill().unwrap();
+    demo.wait().unwrap();
     assert_eq!(a, "200");
     assert_eq!(b, "403");
 }
