@@ -56,6 +56,10 @@ pub struct AuditRecord {
     pub status: u16,
     /// Status the upstream answered with.
     pub upstream_status: Option<u16>,
+    /// The request was a proxy's forward-auth sub-request (nothing was forwarded by Gatehouse).
+    pub forward_auth: bool,
+    /// The decision came from the forward-auth decision cache.
+    pub cached: bool,
     /// Request body size in bytes.
     pub request_bytes: u64,
     /// Time split.

@@ -28,6 +28,9 @@ pub struct Config {
     /// Routes, tried in order.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Answering proxies' authorization sub-requests.
+    #[serde(default)]
+    pub forward_auth: crate::forward_auth::ForwardAuth,
 }
 
 /// `[server]`.

@@ -28,6 +28,7 @@ pub mod audit;
 pub mod config;
 pub mod decision_tests;
 pub mod error;
+pub mod forward_auth;
 pub mod jwks;
 mod load;
 pub mod pipeline;
@@ -39,7 +40,7 @@ pub use audit::AuditRecord;
 pub use config::Config;
 pub use error::{ConfigError, Located};
 pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
-pub use pipeline::{Exchange, Facts, Input, PluginCall, RequestHead, Step, Upstream};
+pub use pipeline::{Exchange, Facts, Grant, Input, PluginCall, RequestHead, Step, Upstream};
 pub use policy::{Decision, PolicyStore, Question};
 
 /// Time as the host sees it.

@@ -64,6 +64,7 @@ pub struct Engine {
     pub(crate) plugins: BTreeMap<String, PluginRef>,
     pub(crate) authn_plugin: String,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) decisions: crate::forward_auth::DecisionCache,
 }
 
 impl std::fmt::Debug for Engine {
@@ -237,12 +238,17 @@ impl Engine {
             }));
         }
         let issuers = config.issuers.iter().map(|spec| IssuerRuntime { spec: spec.clone() }).collect();
-        Ok(Engine { config, policies, routes, issuers, plugins, authn_plugin, clock })
+        Ok(Engine { config, policies, routes, issuers, plugins, authn_plugin, clock, decisions: Default::default() })
     }
 
     /// The plugins this configuration uses; the host loads each module once.
     pub fn plugins(&self) -> impl Iterator<Item = &PluginRef> {
         self.plugins.values()
+    }
+
+    /// How many forward-auth decisions are cached.
+    pub fn cached_decisions(&self) -> usize {
+        self.decisions.len()
     }
 
     /// The clock.

@@ -2,6 +2,7 @@
 
 use crate::answer::{Answer, Rejection};
 use crate::audit::{AuditRecord, sha256_hex};
+use crate::forward_auth::Cached;
 use crate::load::{Engine, RouteRuntime};
 use crate::policy::{Decision, Question};
 use crate::route::Params;
@@ -26,6 +27,10 @@ pub struct RequestHead {
     pub headers: Vec<(String, String)>,
     /// The peer's address.
     pub client_ip: String,
+    /// Stop after the decision: answer with a [`Step::Grant`] instead of forwarding (forward-auth, library
+    /// `authorize`). Requests to the configured forward-auth endpoints are decide-only by themselves.
+    #[serde(default)]
+    pub decide_only: bool,
 }
 
 impl RequestHead {
@@ -64,6 +69,13 @@ pub struct Upstream {
     pub response_headers: Vec<(String, String)>,
 }
 
+/// A forward-auth grant: answer 200 with these headers, which the proxy passes to its upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Headers for the upstream request (identity, and later upstream credentials).
+    pub headers: Vec<(String, String)>,
+}
+
 /// What the engine needs next.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -87,6 +99,8 @@ pub enum Step {
     Forward(Upstream),
     /// Send this answer; the exchange is over.
     Respond(Answer),
+    /// Forward-auth only: the request is allowed; answer 200 with the grant's headers. The exchange is over.
+    Grant(Grant),
 }
 
 /// What the host feeds back.
@@ -129,6 +143,8 @@ pub struct Exchange {
     started: u64,
     phase_started: u64,
     audit: AuditRecord,
+    forward_auth: bool,
+    cache_key: Option<String>,
 }
 
 const HOP_BY_HOP: [&str; 9] = [
@@ -148,6 +164,14 @@ impl Engine {
     pub fn start(self: &Arc<Self>, mut head: RequestHead) -> (Exchange, Step) {
         let clock = self.clock();
         let now = clock.micros();
+        let original =
+            self.config.forward_auth.original(&head.method, &head.path, |n| head.header(n).map(str::to_owned));
+        let forward_auth = original.is_some() || head.decide_only;
+        if let Some(o) = original {
+            head.method = o.method;
+            head.path = o.path;
+            head.query = o.query;
+        }
         if self.config.server.trust_forwarded_for
             && let Some(first) = head.header("x-forwarded-for").and_then(|v| v.split(',').next())
         {
@@ -160,6 +184,7 @@ impl Engine {
             path: head.path.clone(),
             client_ip: head.client_ip.clone(),
             decision: "deny".into(),
+            forward_auth,
             ..AuditRecord::default()
         };
         let mut ex = Exchange {
@@ -176,6 +201,8 @@ impl Engine {
             started: now,
             phase_started: now,
             audit,
+            forward_auth,
+            cache_key: None,
         };
         let step = match ex.begin() {
             Ok(step) => step,
@@ -210,6 +237,23 @@ impl Exchange {
             .and_then(|iss| self.engine.issuers.iter().position(|i| i.spec.issuer == iss))
             .ok_or_else(|| invalid_token("the token's issuer is not trusted"))?;
         self.issuer = issuer;
+        if self.forward_auth {
+            let key = format!("{}\n{}\n{}", sha256_hex(self.token.as_bytes()), self.head.method, self.head.path);
+            let cached = self.engine.decisions.get(&key, self.audit.time);
+            self.cache_key = Some(key);
+            match cached {
+                Some(Cached::Grant(headers)) => {
+                    self.audit.cached = true;
+                    return Ok(self.grant(headers));
+                }
+                Some(Cached::Deny(policy_ids)) => {
+                    self.audit.cached = true;
+                    self.audit.policy_ids.clone_from(&policy_ids);
+                    return Err(Rejection::Forbidden(Decision { allowed: false, policy_ids, errors: vec![] }));
+                }
+                None => {}
+            }
+        }
         Ok(self.enter(Phase::Keys { refresh: false }, Step::FetchKeys { issuer, refresh: false }))
     }
 
@@ -299,6 +343,9 @@ impl Exchange {
                 self.phase_started += spent;
                 self.audit.policy_ids.clone_from(&decision.policy_ids);
                 self.audit.policy_errors.clone_from(&decision.errors);
+                if self.forward_auth {
+                    return self.decide_only(decision);
+                }
                 if !decision.allowed {
                     return Err(Rejection::Forbidden(decision));
                 }
@@ -321,6 +368,40 @@ impl Exchange {
                 reason: format!("internal: input {} does not fit phase {phase:?}", input_name(&input)),
             }),
         }
+    }
+
+    /// Forward-auth: the decision is the answer; remember it for this token.
+    fn decide_only(&mut self, decision: Decision) -> Result<Step, Rejection> {
+        let fa = &self.engine.config.forward_auth;
+        let expires = self.identity.as_ref().map_or(self.audit.time, |i| i.expires_at);
+        let until = expires.min(self.audit.time.saturating_add(fa.cache_secs));
+        let outcome = if decision.allowed {
+            let mut headers = Vec::new();
+            if let Some(id) = &self.identity {
+                headers.push(("x-gatehouse-subject".to_owned(), id.subject.clone()));
+                headers.push(("x-gatehouse-issuer".to_owned(), id.issuer.clone()));
+                headers.push(("x-gatehouse-groups".to_owned(), id.groups.join(",")));
+            }
+            Cached::Grant(headers)
+        } else {
+            Cached::Deny(decision.policy_ids.clone())
+        };
+        if let Some(key) = self.cache_key.take() {
+            self.engine.decisions.put(key, until, outcome.clone(), self.audit.time, fa.cache_entries);
+        }
+        match outcome {
+            Cached::Grant(headers) => Ok(self.grant(headers)),
+            Cached::Deny(_) => Err(Rejection::Forbidden(decision)),
+        }
+    }
+
+    fn grant(&mut self, mut headers: Vec<(String, String)>) -> Step {
+        self.account();
+        self.phase = Phase::Done;
+        self.audit.decision = "allow".into();
+        self.audit.status = 200;
+        headers.push(("x-request-id".to_owned(), self.head.request_id.clone()));
+        Step::Grant(Grant { headers })
     }
 
     fn call(&self, plugin: String, hook: Hook, input: Vec<u8>) -> Result<Step, Rejection> {

@@ -83,7 +83,6 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let loaded = self.loaded();
         let (parts, body) = req.into_parts();
         let body = match &self.local {
             Some(local) if parts.uri.path().starts_with("/_dev/") => {
@@ -95,6 +94,36 @@ impl Gateway {
             }
             _ => body,
         };
+        match self.drive(&parts, body, peer, false).await {
+            Outcome::Forward(ex, upstream) => self.forward(*ex, upstream).await,
+            Outcome::Grant(grant) => grant_response(grant),
+            Outcome::Answer(answer) => answer_response(answer),
+        }
+    }
+
+    /// Decides without forwarding: authenticates, authorizes and returns the verdict, for proxies that only
+    /// want the decision (the same as forward-auth, without the sub-request conventions).
+    pub async fn authorize<B>(&self, parts: &http::request::Parts, body: B, peer: SocketAddr) -> Verdict
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match self.drive(parts, body, peer, true).await {
+            Outcome::Grant(g) => Verdict::Allow { headers: g.headers },
+            Outcome::Answer(a) => Verdict::Deny(a),
+            Outcome::Forward(mut ex, _) => {
+                Verdict::Deny(ex.upstream_failed(false, "the engine asked to forward a decide-only request"))
+            }
+        }
+    }
+
+    /// Runs the engine until it answers, grants or asks to forward; writes the audit record unless forwarding.
+    async fn drive<B>(&self, parts: &http::request::Parts, body: B, peer: SocketAddr, decide_only: bool) -> Outcome
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let loaded = self.loaded();
         let head = RequestHead {
             request_id: request_id(),
             method: parts.method.as_str().to_owned(),
@@ -106,6 +135,7 @@ impl Gateway {
                 .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
                 .collect(),
             client_ip: peer.ip().to_string(),
+            decide_only,
         };
         let (mut ex, mut step) = loaded.engine.start(head);
         let mut body = Some(body);
@@ -117,12 +147,15 @@ impl Gateway {
                     None => Input::Body(Vec::new()),
                 },
                 Step::CallPlugin(call) => Input::PluginOutput(loaded.plugins.call(&call)),
+                Step::Forward(upstream) => return Outcome::Forward(Box::new(ex), upstream),
                 Step::Respond(answer) => {
-                    let response = answer_response(answer);
                     self.audit.write(&ex.finish());
-                    return response;
+                    return Outcome::Answer(answer);
                 }
-                Step::Forward(upstream) => return self.forward(ex, upstream).await,
+                Step::Grant(grant) => {
+                    self.audit.write(&ex.finish());
+                    return Outcome::Grant(grant);
+                }
             };
             step = ex.resume(input);
         }
@@ -178,6 +211,34 @@ where
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Input::BodyTooLarge,
         Err(_) => Input::BodyUnreadable,
     }
+}
+
+enum Outcome {
+    Forward(Box<Exchange>, Upstream),
+    Grant(gatehouse_engine::Grant),
+    Answer(Answer),
+}
+
+/// The outcome of [`Gateway::authorize`].
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Allowed: headers to add to the request sent upstream (identity, request id).
+    Allow {
+        /// Header names and values.
+        headers: Vec<(String, String)>,
+    },
+    /// Refused: the answer to send the caller (401, 403, 413, ...).
+    Deny(Answer),
+}
+
+fn grant_response(grant: gatehouse_engine::Grant) -> Response<ResponseBody> {
+    let mut res = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    for (n, v) in grant.headers {
+        if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(n), HeaderValue::try_from(v)) {
+            res.headers_mut().append(n, v);
+        }
+    }
+    res
 }
 
 /// Turns an engine answer into a response.

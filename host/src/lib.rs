@@ -1,13 +1,52 @@
-//! The self-hosted Gatehouse host: a hyper server that drives the sans-IO [`gatehouse_engine`], running
-//! plugins with wasmtime, fetching keys and forwarding to upstreams.
+//! The self-hosted Gatehouse host: a hyper server and an embeddable library that drive the sans-IO
+//! [`gatehouse_engine`], running plugins with wasmtime, fetching keys and forwarding to upstreams.
+//!
+//! Three ways to use it:
+//! - **Server**: `gatehouse serve --config gatehouse.toml` ([`serve`]).
+//! - **Tower service**: [`Gateway::into_service`] gives a [`GatewayService`], a `tower::Service` over
+//!   `http::Request<B>` for any body `B`; hyper, axum and tower stacks take it as is (see
+//!   `host/examples/embed_hyper.rs` and `embed_axum.rs`). Put a [`ClientAddr`] in the request extensions so
+//!   policies see the caller's address.
+//! - **Decision only**: [`Gateway::authorize`] returns a [`Verdict`] (allow with headers for the upstream, or
+//!   the 401/403 answer) without forwarding; `[forward_auth]` exposes the same over HTTP for nginx
+//!   `auth_request`, Traefik `forwardAuth` and Envoy `ext_authz`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), gatehouse_host::HostError> {
-//! let gateway = gatehouse_host::Gateway::from_file("gatehouse.toml")?;
-//! let (addr, server) = gatehouse_host::serve(std::sync::Arc::new(gateway), "127.0.0.1:8080").await?;
+//! let gateway = std::sync::Arc::new(gatehouse_host::Gateway::from_file("gatehouse.toml")?);
+//! let (addr, server) = gatehouse_host::serve(gateway, "127.0.0.1:8080").await?;
 //! println!("listening on {addr}");
 //! server.await.ok();
 //! # Ok(()) }
+//! ```
+//!
+//! # Request lifecycle
+//!
+//! Each request is one engine [`Exchange`](gatehouse_engine::Exchange); the host performs the step it asks
+//! for and resumes it. Every phase can end the exchange with an answer; the audit record is written when it
+//! ends (for forwarded requests, when the upstream's headers arrive).
+//!
+//! ```text
+//!  request ─▶ route match ──404/405──▶ answer
+//!               │
+//!               ▼
+//!           bearer token ──401 (no token)──▶ answer           forward-auth: decision cache hit ─▶ 200 / 403
+//!               │ `iss` picks the issuer (untrusted: 401)
+//!               ▼
+//!        [FetchKeys] JWKS: cached, or one fetch shared by all waiting requests; stale keys kept if the IdP is down
+//!               │                                                         (no keys ever: 503)
+//!               ▼
+//!        [CallPlugin authenticate] jwt.wasm in a fresh instance ──refusal──▶ 401 + WWW-Authenticate
+//!               │ unknown kid: [FetchKeys refresh] once, then again       trap/timeout/garbage ──▶ 403
+//!               ▼
+//!        [ReadBody] up to body_limit_bytes ──▶ 413
+//!               ▼
+//!        Cedar (principal, action, model, context) ──deny──▶ 403 problem+json
+//!               │                                  decide-only / forward-auth ──▶ [Grant] 200 + identity headers
+//!               ▼
+//!        [CallPlugin transform_request] per route transform ──reject──▶ 400/413
+//!               ▼
+//!        [Forward] upstream; response streamed back ──connect error──▶ 502, timeout ──▶ 504
 //! ```
 #![deny(missing_docs)]
 
@@ -17,9 +56,11 @@ pub mod demo;
 pub mod gateway;
 pub mod keys;
 pub mod runtime;
+pub mod service;
 
 pub use audit::AuditSink;
-pub use gateway::{Gateway, Loaded, ResponseBody};
+pub use gateway::{Gateway, Loaded, ResponseBody, Verdict};
+pub use service::{ClientAddr, GatewayService};
 
 use gatehouse_engine::{ConfigError, Engine};
 use hyper::service::service_fn;
@@ -103,6 +144,11 @@ impl Gateway {
         let loaded = load_file(path, &client)?;
         let audit = AuditSink::open(&loaded.engine.config.server.audit)?;
         Ok(Gateway::new(loaded, client, audit))
+    }
+
+    /// A tower service over this gateway.
+    pub fn into_service(self: Arc<Self>) -> GatewayService {
+        GatewayService::new(self)
     }
 
     /// Re-reads `path` and puts it in force; on any error the running configuration stays.

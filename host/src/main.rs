@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use gatehouse_engine::{Engine, Facts, decision_tests};
-use gatehouse_host::{AuditSink, Gateway, SystemClock, client, demo, load_engine};
+use gatehouse_host::{Gateway, SystemClock, client, demo, load_engine};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -118,14 +118,7 @@ async fn serve_demo(listen: String) -> Result<i32> {
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
-    let backend = demo::start_backend().await?;
-    let dev = Arc::new(demo::DevIssuer::new(&format!("http://{local}")));
-    let text = demo::config(&local.to_string(), &backend.to_string());
-    let read = move |path: &str| if path == "demo/gatehouse.toml" { Ok(text.clone()) } else { demo::read(path) };
-    let engine = Engine::load("demo/gatehouse.toml", &read, &|_| None, Arc::new(SystemClock::new()))?;
-    let client = client::build();
-    let loaded = load_engine(engine, &client)?;
-    let gateway = Arc::new(Gateway::new(loaded, client, AuditSink::Stdout).with_local_routes(dev));
+    let gateway = Arc::new(demo::gateway(local).await?);
     gatehouse_host::serve_on(gateway, listener)?;
     let port_flag = if listen == "127.0.0.1:8080" { String::new() } else { format!(" --listen {local}") };
     eprintln!(

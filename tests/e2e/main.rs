@@ -1,6 +1,7 @@
 //! End-to-end tests of the native host: real HTTP on loopback, real signatures, real wasm plugins.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
+mod embed;
 mod plugins;
 
 use gatehouse_tests::*;
@@ -18,6 +19,9 @@ body_limit_bytes = 4096
 plugin_timeout_ms = 50
 plugin_memory_bytes = 16777216
 reveal_policy_ids = true
+
+[forward_auth]
+enabled = true
 
 [[issuers]]
 issuer = "{iss}"
@@ -112,13 +116,13 @@ transform = ["hog"]
     )
 }
 
-struct World {
-    idp: IdP,
-    backend: Backend,
-    gw: Gateway,
+pub(crate) struct World {
+    pub(crate) idp: IdP,
+    pub(crate) backend: Backend,
+    pub(crate) gw: Gateway,
 }
 
-async fn world(kids: &[&str], max_age: u64) -> World {
+pub(crate) async fn world(kids: &[&str], max_age: u64) -> World {
     let idp = IdP::start(kids).await;
     let backend = Backend::start().await;
     let gw = gateway(&config(&idp, &backend, max_age)).await;
@@ -126,7 +130,7 @@ async fn world(kids: &[&str], max_age: u64) -> World {
 }
 
 impl World {
-    fn token(&self, sub: &str, groups: &[&str]) -> String {
+    pub(crate) fn token(&self, sub: &str, groups: &[&str]) -> String {
         mint(Algorithm::RS256, "rsa1", &claims(&self.idp.issuer(), sub, groups))
     }
 }
