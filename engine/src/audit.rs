@@ -60,6 +60,8 @@ pub struct AuditRecord {
     pub forward_auth: bool,
     /// The decision came from the forward-auth decision cache.
     pub cached: bool,
+    /// The token was verified earlier and its identity reused (no signature check this time).
+    pub token_cached: bool,
     /// Request body size in bytes.
     pub request_bytes: u64,
     /// Time split.

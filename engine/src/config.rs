@@ -51,6 +51,8 @@ pub struct Server {
     pub plugin_memory_bytes: u64,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
+    /// Verified tokens remembered (until their `exp`) so a repeated token skips the signature check; 0 disables.
+    pub token_cache_entries: usize,
 }
 
 impl Default for Server {
@@ -63,6 +65,7 @@ impl Default for Server {
             plugin_timeout_ms: 100,
             plugin_memory_bytes: 64 * 1024 * 1024,
             trust_forwarded_for: false,
+            token_cache_entries: 10_000,
         }
     }
 }

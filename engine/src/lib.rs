@@ -34,13 +34,14 @@ mod load;
 pub mod pipeline;
 pub mod policy;
 pub mod route;
+pub mod token_cache;
 
 pub use answer::{Answer, Rejection};
 pub use audit::AuditRecord;
 pub use config::Config;
 pub use error::{ConfigError, Located};
 pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
-pub use pipeline::{Exchange, Facts, Grant, Input, PluginCall, RequestHead, Step, Upstream};
+pub use pipeline::{Exchange, Facts, Grant, Input, KeySet, PluginCall, RequestHead, Step, Upstream};
 pub use policy::{Decision, PolicyStore, Question};
 
 /// Time as the host sees it.

@@ -65,6 +65,7 @@ pub struct Engine {
     pub(crate) authn_plugin: String,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) decisions: crate::forward_auth::DecisionCache,
+    pub(crate) tokens: crate::token_cache::TokenCache,
 }
 
 impl std::fmt::Debug for Engine {
@@ -238,7 +239,17 @@ impl Engine {
             }));
         }
         let issuers = config.issuers.iter().map(|spec| IssuerRuntime { spec: spec.clone() }).collect();
-        Ok(Engine { config, policies, routes, issuers, plugins, authn_plugin, clock, decisions: Default::default() })
+        Ok(Engine {
+            config,
+            policies,
+            routes,
+            issuers,
+            plugins,
+            authn_plugin,
+            clock,
+            decisions: Default::default(),
+            tokens: Default::default(),
+        })
     }
 
     /// The plugins this configuration uses; the host loads each module once.

@@ -6,6 +6,7 @@ use crate::forward_auth::Cached;
 use crate::load::{Engine, RouteRuntime};
 use crate::policy::{Decision, Question};
 use crate::route::Params;
+use crate::token_cache;
 use base64::Engine as _;
 use gatehouse_plugin_abi::{AuthnInput, AuthnVerdict, Hook, HookResult, Identity, TransformInput, TransformOutput};
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,15 @@ pub struct Grant {
     pub headers: Vec<(String, String)>,
 }
 
+/// An issuer's key set as the host holds it.
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    /// The JWKS document.
+    pub jwks: Arc<serde_json::Value>,
+    /// Changes whenever the set changes (see [`crate::jwks::IssuerKeys::version`]).
+    pub version: u64,
+}
+
 /// What the engine needs next.
 #[derive(Debug, Clone)]
 pub enum Step {
@@ -107,7 +117,7 @@ pub enum Step {
 #[derive(Debug, Clone)]
 pub enum Input {
     /// The issuer's keys, or `None` if none could be had.
-    Keys(Option<Arc<serde_json::Value>>),
+    Keys(Option<KeySet>),
     /// The whole body.
     Body(Vec<u8>),
     /// The body exceeded the limit.
@@ -137,7 +147,8 @@ pub struct Exchange {
     params: Params,
     token: String,
     issuer: usize,
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
+    token_key: Option<[u8; 32]>,
     model: String,
     body: Vec<u8>,
     started: u64,
@@ -196,6 +207,7 @@ impl Engine {
             token: String::new(),
             issuer: 0,
             identity: None,
+            token_key: None,
             model: String::new(),
             body: Vec::new(),
             started: now,
@@ -292,12 +304,18 @@ impl Exchange {
     fn advance(&mut self, input: Input) -> Result<Step, Rejection> {
         match (self.phase, input) {
             (Phase::Keys { refresh }, Input::Keys(keys)) => {
-                let Some(jwks) = keys else { return Err(Rejection::KeysUnavailable) };
-                let input = AuthnInput {
-                    token: std::mem::take(&mut self.token),
-                    now: self.engine.clock().unix_secs(),
-                    jwks: Some((*jwks).clone()),
-                };
+                let Some(keys) = keys else { return Err(Rejection::KeysUnavailable) };
+                let now = self.engine.clock().unix_secs();
+                if self.engine.config.server.token_cache_entries > 0 {
+                    let key = token_cache::key(&self.token, self.issuer, keys.version);
+                    if let Some(id) = self.engine.tokens.get(&key, now) {
+                        self.audit.token_cached = true;
+                        return self.authenticated(id);
+                    }
+                    self.token_key = Some(key);
+                }
+                let input =
+                    AuthnInput { token: std::mem::take(&mut self.token), now, jwks: Some((*keys.jwks).clone()) };
                 let bytes = serde_json::to_vec(&input).map_err(|e| internal("authn input", e))?;
                 self.token = input.token;
                 let call = self.call(self.engine.authn_plugin.clone(), Hook::Authenticate, bytes)?;
@@ -312,18 +330,12 @@ impl Exchange {
                     }
                     AuthnVerdict::Refusal(r) => Err(Rejection::InvalidToken(r)),
                     AuthnVerdict::Identity(id) => {
-                        self.token.clear();
-                        self.audit.subject = Some(id.subject.clone());
-                        self.audit.issuer = Some(id.issuer.clone());
-                        self.audit.kid.clone_from(&id.kid);
-                        self.audit.jti_sha256 = id.jti.as_deref().map(|j| sha256_hex(j.as_bytes()));
-                        self.identity = Some(id);
-                        let limit = self.engine.config.server.body_limit_bytes;
-                        let declared = self.head.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
-                        if declared.is_some_and(|n| n > limit) {
-                            return Err(Rejection::PayloadTooLarge { limit });
+                        let id = Arc::new(id);
+                        if let Some(key) = self.token_key.take() {
+                            let (now, capacity) = (self.audit.time, self.engine.config.server.token_cache_entries);
+                            self.engine.tokens.put(key, Arc::clone(&id), now, capacity);
                         }
-                        Ok(self.enter(Phase::Body, Step::ReadBody { limit }))
+                        self.authenticated(id)
                     }
                 }
             }
@@ -368,6 +380,22 @@ impl Exchange {
                 reason: format!("internal: input {} does not fit phase {phase:?}", input_name(&input)),
             }),
         }
+    }
+
+    /// The caller is who `id` says: record it and read the body.
+    fn authenticated(&mut self, id: Arc<Identity>) -> Result<Step, Rejection> {
+        self.token.clear();
+        self.audit.subject = Some(id.subject.clone());
+        self.audit.issuer = Some(id.issuer.clone());
+        self.audit.kid.clone_from(&id.kid);
+        self.audit.jti_sha256 = id.jti.as_deref().map(|j| sha256_hex(j.as_bytes()));
+        self.identity = Some(id);
+        let limit = self.engine.config.server.body_limit_bytes;
+        let declared = self.head.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Rejection::PayloadTooLarge { limit });
+        }
+        Ok(self.enter(Phase::Body, Step::ReadBody { limit }))
     }
 
     /// Forward-auth: the decision is the answer; remember it for this token.
@@ -530,7 +558,7 @@ impl Exchange {
 
     /// The verified identity, once authentication succeeded.
     pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
+        self.identity.as_deref()
     }
 }
 

@@ -3,10 +3,10 @@
 //! issuer: requests that need keys while a fetch is under way wait for it and share its result.
 
 use crate::client::{HttpClient, get};
+use gatehouse_engine::KeySet;
 use gatehouse_engine::config::Issuer;
 use gatehouse_engine::jwks::{IssuerKeys, Want, jwks_uri_from_discovery, parse_jwks};
-use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,14 +45,14 @@ impl KeyStore {
 
     /// Keys of issuer `index`: cached, or fetched now (once for all waiting requests). `refresh` means a
     /// token named an unknown key. `None` when no keys were ever obtained.
-    pub async fn keys(&self, index: usize, refresh: bool) -> Option<Arc<Value>> {
+    pub async fn keys(&self, index: usize, refresh: bool) -> Option<KeySet> {
         let slot = self.slots.get(index)?;
         let want = if refresh { Want::UnknownKey } else { Want::Current };
         let interval = slot.spec.jwks_refresh_interval_secs;
         let attempts_seen = {
             let st = slot.state.lock().ok()?;
             if !st.should_fetch(unix_now(), want, interval) {
-                return st.current();
+                return key_set(&st);
             }
             st.attempts()
         };
@@ -61,7 +61,7 @@ impl KeyStore {
             // Someone else fetched while this request waited: use their result.
             let st = slot.state.lock().ok()?;
             if st.attempts() != attempts_seen {
-                return st.current();
+                return key_set(&st);
             }
         }
         let outcome = self.fetch(slot).await;
@@ -69,14 +69,14 @@ impl KeyStore {
         match outcome {
             Ok((jwks, cc)) => st.record(unix_now(), Ok((jwks, cc.as_deref())), slot.spec.jwks_max_age_secs),
             Err(e) => {
-                eprintln!("gatehouse: fetching keys of `{}` failed: {e}", slot.spec.issuer);
+                crate::log(format_args!("fetching keys of `{}` failed: {e}", slot.spec.issuer));
                 st.record(unix_now(), Err(e), slot.spec.jwks_max_age_secs);
             }
         }
-        st.current()
+        key_set(&st)
     }
 
-    async fn fetch(&self, slot: &Slot) -> Result<(Value, Option<String>), String> {
+    async fn fetch(&self, slot: &Slot) -> Result<(serde_json::Value, Option<String>), String> {
         let known = slot.jwks_uri.lock().map_err(|e| e.to_string())?.clone();
         let uri = match known {
             Some(u) => u,
@@ -96,4 +96,8 @@ impl KeyStore {
         }
         Ok((parse_jwks(&res.body)?, res.cache_control))
     }
+}
+
+fn key_set(st: &IssuerKeys) -> Option<KeySet> {
+    st.current().map(|jwks| KeySet { jwks, version: st.version() })
 }

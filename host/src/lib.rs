@@ -69,6 +69,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Writes one diagnostic line to stderr. A closed or full stderr must never take the gateway down, so
+/// failures to write are ignored (unlike `eprintln!`, which panics).
+pub fn log(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "gatehouse: {message}");
+}
+
 /// Why a configuration could not be put in force.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {

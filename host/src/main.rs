@@ -101,13 +101,13 @@ async fn serve_config(path: String, listen: Option<String>) -> Result<i32> {
     let gateway = Arc::new(Gateway::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?);
     let addr = listen.unwrap_or_else(|| gateway.loaded().engine.config.server.listen.clone());
     let (local, _task) = gatehouse_host::serve(Arc::clone(&gateway), &addr).await?;
-    eprintln!("gatehouse: serving {path} on http://{local} (SIGHUP reloads; invalid changes are refused)");
+    gatehouse_host::log(format_args!("serving {path} on http://{local} (SIGHUP reloads; invalid changes are refused)"));
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = hup.recv() => match gateway.reload(&path) {
-                Ok(()) => eprintln!("gatehouse: reloaded {path}"),
-                Err(e) => eprintln!("gatehouse: reload refused, keeping the running configuration:\n{e}"),
+                Ok(()) => gatehouse_host::log(format_args!("reloaded {path}")),
+                Err(e) => gatehouse_host::log(format_args!("reload refused, keeping the running configuration:\n{e}")),
             },
             _ = tokio::signal::ctrl_c() => return Ok(0),
         }
@@ -121,12 +121,12 @@ async fn serve_demo(listen: String) -> Result<i32> {
     let gateway = Arc::new(demo::gateway(local).await?);
     gatehouse_host::serve_on(gateway, listener)?;
     let port_flag = if listen == "127.0.0.1:8080" { String::new() } else { format!(" --listen {local}") };
-    eprintln!(
-        "gatehouse demo on http://{local} (dev issuer, demo backend, example policies). Try:\n\
+    gatehouse_host::log(format_args!(
+        "demo on http://{local} (dev issuer, demo backend, example policies). Try:\n\
          \n  TOKEN=$(gatehouse token --sub alice --groups data-scientists{port_flag})\n  \
          curl -i -X POST http://{local}/v1/models/demo:predict -H \"authorization: Bearer $TOKEN\" -d '{{\"instances\": [[1, 2]]}}'\n\
          \n  TOKEN=$(gatehouse token --sub bob{port_flag})   # no group: 403\n"
-    );
+    ));
     tokio::signal::ctrl_c().await?;
     Ok(0)
 }

@@ -70,7 +70,8 @@ fn the_demo_allows_and_denies_with_dev_tokens() {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    BufReader::new(demo.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    let mut stderr = BufReader::new(demo.stderr.take().unwrap());
+    stderr.read_line(&mut first).unwrap();
     let addr = first.split("http://").nth(1).unwrap().split(' ').next().unwrap().to_owned();
     let call = |token: &str| {
         use std::io::{Read, Write};
@@ -97,6 +98,7 @@ fn the_demo_allows_and_denies_with_dev_tokens() {
     let (a, b) = (call(&alice), call(&bob));
     demo.kill().unwrap();
     demo.wait().unwrap();
+    drop(stderr);
     assert_eq!(a, "200");
     assert_eq!(b, "403");
 }

@@ -271,8 +271,12 @@ async fn keys_are_kept_while_the_idp_is_down() {
     assert_eq!(post(&w.gw.url(PREDICT), Some(&token), "{}").await.status, 200);
     w.idp.down.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = post(&w.gw.url(PREDICT), Some(&token), "{}").await;
+    // A token never seen before, so the signature is checked with the stale keys (no verified-token cache hit).
+    let fresh = mint(Algorithm::RS256, "rsa1", &claims(&w.idp.issuer(), "carol", &["data-scientists"]));
+    let r = post(&w.gw.url(PREDICT), Some(&fresh), "{}").await;
     assert_eq!(r.status, 200, "stale keys keep serving: {}", r.body);
+    let audit = w.gw.audit();
+    assert_eq!(audit.last().unwrap()["token_cached"], false);
 }
 
 #[tokio::test]
@@ -382,6 +386,13 @@ async fn audit_records_have_the_fields_and_no_token() {
     for k in ["authn", "policy", "plugins", "upstream", "total"] {
         assert!(a["latency_us"][k].is_u64(), "{k}");
     }
+    assert_eq!(a["token_cached"], false);
+    // The same token again: its identity is reused without a signature check.
+    let again = post(&w.gw.url(PREDICT), Some(&t), r#"{"instances": [1]}"#).await;
+    let audit = w.gw.audit();
+    let b = audit.iter().find(|a| a["request_id"] == again.header("x-request-id")).unwrap();
+    assert_eq!(b["token_cached"], true);
+    assert_eq!(b["subject"], "alice");
     let text = w.gw.audit_text();
     for part in t.split('.') {
         assert!(!text.contains(part), "a token part leaked into the audit log");
