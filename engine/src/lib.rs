@@ -33,6 +33,7 @@ pub mod jwks;
 mod load;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_index;
 pub mod route;
 pub mod token_cache;
 

@@ -62,8 +62,7 @@ pub struct Question {
 
 /// Schema, policies and entities, validated.
 pub struct PolicyStore {
-    schema: Schema,
-    policies: PolicySet,
+    index: crate::policy_index::PolicyIndex,
     entities: Entities,
     authorizer: Authorizer,
     origins: BTreeMap<String, Located>,
@@ -150,8 +149,9 @@ impl PolicyStore {
             };
             problems.push(Located::new(file, line, format!("policy `{id}`: {e}")));
         }
+        // With the schema, Cedar adds the schema's action entities (and their groups) to the store.
         let entities = match entities {
-            None => Entities::empty(),
+            None => Entities::from_entities([], Some(&schema_value)).unwrap_or_else(|_| Entities::empty()),
             Some(src) => match Entities::from_json_str(&src.text, Some(&schema_value)) {
                 Ok(e) => e,
                 Err(e) => {
@@ -164,7 +164,12 @@ impl PolicyStore {
         if !problems.is_empty() {
             return Err(ConfigError::Policies(problems));
         }
-        Ok(PolicyStore { schema: schema_value, policies: set, entities, authorizer: Authorizer::new(), origins })
+        Ok(PolicyStore {
+            index: crate::policy_index::PolicyIndex::new(&set),
+            entities,
+            authorizer: Authorizer::new(),
+            origins,
+        })
     }
 
     /// How many policies are loaded.
@@ -217,13 +222,13 @@ impl PolicyStore {
         if self.entities.get(&resource).is_none() {
             extra.push(Entity::with_uid(resource.clone()));
         }
-        let entities =
-            self.entities.clone().add_entities(extra, Some(&self.schema)).map_err(|e| format!("entities: {e}"))?;
-        let context = Context::from_json_value(q.context.clone(), Some((&self.schema, &action)))
-            .map_err(|e| format!("context: {e}"))?;
-        let request = cedar_policy::Request::new(principal, action, resource, context, Some(&self.schema))
+        // The per-request entities and context are built here to the schema's shape, and the static ones were
+        // validated at load, so evaluation skips re-validating them (it costs more than the decision).
+        let entities = self.entities.clone().add_entities(extra, None).map_err(|e| format!("entities: {e}"))?;
+        let context = Context::from_json_value(q.context.clone(), None).map_err(|e| format!("context: {e}"))?;
+        let request = cedar_policy::Request::new(principal, action, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
-        let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+        let response = self.index.is_authorized(&self.authorizer, &request, &entities);
         let mut policy_ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         policy_ids.sort();
         Ok(Decision {

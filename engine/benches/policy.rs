@@ -1,0 +1,102 @@
+//! Cedar evaluation cost: the whole policy set vs the scope index, at 1,000 and 10,000 policies, and the full
+//! per-request `PolicyStore::authorize` (entities, context, decision) on the example policies.
+//!
+//! Run: `cargo bench -p gatehouse-engine --bench policy`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use cedar_policy::{Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request};
+use gatehouse_engine::policy::{PolicyStore, PrincipalKind, Question, Source};
+use gatehouse_engine::policy_index::PolicyIndex;
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Instant;
+
+fn uid(ty: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(EntityTypeName::from_str(ty).unwrap(), EntityId::new(id))
+}
+
+fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
+    for _ in 0..iterations / 10 {
+        f();
+    }
+    let t = Instant::now();
+    for _ in 0..iterations {
+        f();
+    }
+    t.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
+}
+
+fn main() {
+    let authorizer = Authorizer::new();
+    for n in [1_000usize, 10_000] {
+        // One permit per user and model, plus group rules and a few forbids: the shape of a real tenant list.
+        let mut text = String::new();
+        for i in 0..n {
+            let line = match i % 10 {
+                0 => format!(
+                    "@id(\"g{i}\") permit(principal in Group::\"team-{}\", action == Action::\"predict\", resource == Model::\"m{}\");\n",
+                    i % 50,
+                    i % 200
+                ),
+                1 => format!(
+                    "@id(\"f{i}\") forbid(principal == User::\"u{i}\", action, resource) when {{ context.size > 100 }};\n"
+                ),
+                _ => format!(
+                    "@id(\"p{i}\") permit(principal == User::\"u{i}\", action == Action::\"predict\", resource == Model::\"m{}\");\n",
+                    i % 200
+                ),
+            };
+            text.push_str(&line);
+        }
+        let set = PolicySet::from_str(&text).unwrap();
+        let index = PolicyIndex::new(&set);
+        let entities = Entities::from_entities(
+            [
+                Entity::new_no_attrs(uid("User", "u42"), HashSet::from([uid("Group", "team-7")])),
+                Entity::new_no_attrs(uid("Group", "team-7"), HashSet::new()),
+                Entity::new_no_attrs(uid("Model", "m42"), HashSet::new()),
+            ],
+            None,
+        )
+        .unwrap();
+        let ctx = Context::from_pairs([("size".to_owned(), cedar_policy::RestrictedExpression::new_long(5))]).unwrap();
+        let req = Request::new(uid("User", "u42"), uid("Action", "predict"), uid("Model", "m42"), ctx, None).unwrap();
+        let full = authorizer.is_authorized(&req, &set, &entities);
+        let sliced = index.is_authorized(&authorizer, &req, &entities);
+        assert_eq!(full.decision(), sliced.decision());
+        let iterations = if n > 5_000 { 200 } else { 2_000 };
+        let whole = per_call(iterations, || {
+            std::hint::black_box(authorizer.is_authorized(&req, &set, &entities));
+        });
+        let indexed = per_call(20_000, || {
+            std::hint::black_box(index.is_authorized(&authorizer, &req, &entities));
+        });
+        println!(
+            "{n:>6} policies: whole set {whole:>9.1} µs   scope index {indexed:>6.2} µs   speed-up {:>6.0}x   ({:?})",
+            whole / indexed,
+            full.decision()
+        );
+    }
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+    let src = |f: &str| Source { name: f.into(), text: std::fs::read_to_string(format!("{dir}/{f}")).unwrap() };
+    let store =
+        PolicyStore::load(&src("schema.cedarschema"), &[src("models.cedar")], Some(&src("entities.json"))).unwrap();
+    let q = Question {
+        kind: PrincipalKind::User,
+        principal: "alice".into(),
+        issuer: "https://idp".into(),
+        email: Some("alice@example.com".into()),
+        groups: vec!["data-scientists".into()],
+        action: "predict".into(),
+        resource: "demo".into(),
+        context: serde_json::json!({"method": "POST", "path": "/v1/models/demo:predict", "route": "predict",
+            "client_ip": {"__extn": {"fn": "ip", "arg": "127.0.0.1"}}, "time": 1_800_000_000i64,
+            "scopes": [], "issuer": "https://idp", "payload_size": 30}),
+    };
+    assert!(store.authorize(&q).allowed);
+    let t = per_call(20_000, || {
+        std::hint::black_box(store.authorize(&q));
+    });
+    println!("PolicyStore::authorize, example policies (entities + context + decision): {t:.1} µs");
+}
