@@ -13,6 +13,12 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, 
 /// How often the epoch advances; plugin deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(2);
 
+/// The largest memory one plugin instance may have (`server.plugin_memory_bytes` may lower it).
+pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
+
+/// Plugin instances alive at once (one per call in flight).
+const POOL_SLOTS: u32 = 256;
+
 /// Why a module was refused at load.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -62,6 +68,16 @@ impl Runtime {
     fn new() -> Result<Runtime, String> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // Instances come from a pool of pre-reserved slots whose memory is reset copy-on-write after each call,
+        // so a fresh instance per call stays cheap while no call sees another's data.
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_core_instances(POOL_SLOTS)
+            .total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .max_memory_size(MAX_PLUGIN_MEMORY as usize)
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(4 << 10);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&config).map_err(|e| e.to_string())?;
         let weak = engine.weak();
@@ -119,6 +135,12 @@ impl Plugins {
         memory: u64,
     ) -> Result<Plugins, LoadError> {
         let runtime = Runtime::global().map_err(|message| LoadError::Invalid { name: "runtime".into(), message })?;
+        if memory > MAX_PLUGIN_MEMORY {
+            return Err(LoadError::Invalid {
+                name: "runtime".into(),
+                message: format!("plugin_memory_bytes may be at most {MAX_PLUGIN_MEMORY}"),
+            });
+        }
         let memory = usize::try_from(memory).unwrap_or(usize::MAX);
         let mut by_name = HashMap::new();
         for r in refs {
