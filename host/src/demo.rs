@@ -167,15 +167,20 @@ pub async fn start_backend() -> std::io::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// The demo's engine (configuration and embedded policies) for a gateway at `listen` and a backend at `backend`.
+pub fn engine(listen: &str, backend: &str) -> Result<gatehouse_engine::Engine, gatehouse_engine::ConfigError> {
+    let text = config(listen, backend);
+    let read = move |path: &str| if path == "demo/gatehouse.toml" { Ok(text.clone()) } else { read(path) };
+    let clock = std::sync::Arc::new(crate::SystemClock::new());
+    gatehouse_engine::Engine::load("demo/gatehouse.toml", &read, &|_| None, clock)
+}
+
 /// A demo gateway for a server listening at `addr`: starts the demo backend, makes the dev issuer (served by the
 /// gateway itself under `/_dev/`) and loads the example policies. Audit records go to stdout.
 pub async fn gateway(addr: std::net::SocketAddr) -> Result<crate::Gateway, crate::HostError> {
     let backend = start_backend().await?;
     let dev = std::sync::Arc::new(DevIssuer::new(&format!("http://{addr}")));
-    let text = config(&addr.to_string(), &backend.to_string());
-    let read = move |path: &str| if path == "demo/gatehouse.toml" { Ok(text.clone()) } else { read(path) };
-    let clock = std::sync::Arc::new(crate::SystemClock::new());
-    let engine = gatehouse_engine::Engine::load("demo/gatehouse.toml", &read, &|_| None, clock)?;
+    let engine = engine(&addr.to_string(), &backend.to_string())?;
     let client = crate::client::build();
     let loaded = crate::load_engine(engine, &client)?;
     Ok(crate::Gateway::new(loaded, client, crate::AuditSink::Stdout).with_local_routes(dev))

@@ -126,10 +126,14 @@ fn list_dir(path: &str) -> Option<Vec<String>> {
     Some(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
 }
 
+/// Loads a configuration file and everything it names except plugins (for `check`, `authorize`, `test`).
+pub fn engine_from_file(path: &str) -> Result<Engine, ConfigError> {
+    Engine::load(path, &read_file, &list_dir, Arc::new(SystemClock::new()))
+}
+
 /// Loads a configuration file and the plugins it names.
 pub fn load_file(path: &str, client: &client::HttpClient) -> Result<Loaded, HostError> {
-    let engine = Engine::load(path, &read_file, &list_dir, Arc::new(SystemClock::new()))?;
-    load_engine(engine, client)
+    load_engine(engine_from_file(path)?, client)
 }
 
 /// Loads the plugins of an engine and prepares its key caches.

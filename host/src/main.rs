@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use gatehouse_engine::{Engine, Facts, decision_tests};
-use gatehouse_host::{Gateway, SystemClock, client, demo, load_engine};
+use gatehouse_host::{Gateway, client, demo, load_engine};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -132,12 +132,7 @@ async fn serve_demo(listen: String) -> Result<i32> {
 }
 
 fn load(config: &str) -> Result<Engine, Vec<String>> {
-    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
-    let list = |p: &str| {
-        std::fs::read_dir(p).ok().map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-    };
-    Engine::load(config, &read, &list, Arc::new(SystemClock::new()))
-        .map_err(|e| e.locations().iter().map(ToString::to_string).collect())
+    gatehouse_host::engine_from_file(config).map_err(|e| e.locations().iter().map(ToString::to_string).collect())
 }
 
 fn check(config: &str) -> Result<i32> {
@@ -274,11 +269,7 @@ fn test(config: Option<&str>, tests: Option<&str>) -> Result<i32> {
             let dir = engine.config.policies.tests.as_ref().map(|t| base.join(t).display().to_string());
             (engine, dir)
         }
-        None => {
-            let text = demo::config("127.0.0.1:8080", "127.0.0.1:9");
-            let read = move |p: &str| if p == "demo/gatehouse.toml" { Ok(text.clone()) } else { demo::read(p) };
-            (Engine::load("demo/gatehouse.toml", &read, &|_| None, Arc::new(SystemClock::new()))?, None)
-        }
+        None => (demo::engine("127.0.0.1:8080", "127.0.0.1:9")?, None),
     };
     let dir = tests.map(str::to_owned).or(default_dir).unwrap_or_else(|| "policies/tests".into());
     let mut files: Vec<_> = std::fs::read_dir(&dir)
