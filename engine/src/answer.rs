@@ -73,6 +73,22 @@ pub enum Rejection {
     UpstreamFailed(String),
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// No upstream credential could be obtained and none still valid is cached (the reason goes to the audit
+    /// record, not to the caller).
+    CredentialUnavailable(String),
+    /// The backend answered with an error, translated by its adapter.
+    Backend {
+        /// Status for the caller.
+        status: u16,
+        /// The backend's status the answer was made from.
+        backend_status: u16,
+        /// Title.
+        title: String,
+        /// The backend's explanation.
+        detail: String,
+        /// Retry-After seconds.
+        retry_after: Option<u64>,
+    },
 }
 
 impl Rejection {
@@ -93,13 +109,19 @@ impl Rejection {
             Rejection::BadPayload(_) => 400,
             Rejection::UpstreamFailed(_) => 502,
             Rejection::UpstreamTimeout => 504,
+            Rejection::CredentialUnavailable(_) => 503,
+            Rejection::Backend { status, .. } => *status,
         }
     }
 
     /// Where the failure comes from.
     pub fn source(&self) -> Source {
         match self {
-            Rejection::KeysUnavailable | Rejection::UpstreamFailed(_) | Rejection::UpstreamTimeout => Source::Upstream,
+            Rejection::KeysUnavailable
+            | Rejection::UpstreamFailed(_)
+            | Rejection::UpstreamTimeout
+            | Rejection::CredentialUnavailable(_)
+            | Rejection::Backend { .. } => Source::Upstream,
             Rejection::PluginFailed { .. } => Source::Internal,
             _ => Source::Client,
         }
@@ -119,6 +141,8 @@ impl Rejection {
             Rejection::PluginFailed { .. } => "plugin-failed",
             Rejection::UpstreamFailed(_) => "upstream-failed",
             Rejection::UpstreamTimeout => "upstream-timeout",
+            Rejection::CredentialUnavailable(_) => "credential-unavailable",
+            Rejection::Backend { .. } => "backend-error",
         }
     }
 
@@ -137,6 +161,19 @@ impl Rejection {
             Rejection::PluginFailed { plugin, reason } => format!("plugin `{plugin}` failed: {reason}"),
             Rejection::UpstreamFailed(r) => format!("the upstream failed: {r}"),
             Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
+            Rejection::CredentialUnavailable(_) => {
+                "the gateway could not obtain a credential for the backend; try again later".into()
+            }
+            Rejection::Backend { detail, .. } => detail.clone(),
+        }
+    }
+
+    /// What the audit record keeps: the detail, or for a missing credential the provider's error.
+    pub fn audit_detail(&self) -> String {
+        match self {
+            Rejection::CredentialUnavailable(why) => why.clone(),
+            Rejection::Backend { backend_status, detail, .. } => format!("backend answered {backend_status}: {detail}"),
+            r => r.detail(),
         }
     }
 
@@ -145,7 +182,10 @@ impl Rejection {
         let status = self.status();
         let mut problem = serde_json::json!({
             "type": format!("urn:gatehouse:problem:{}", self.kind()),
-            "title": title(status),
+            "title": match self {
+                Rejection::Backend { title, .. } => title.as_str(),
+                _ => title(status),
+            },
             "status": status,
             "detail": self.detail(),
             "request_id": request_id,
@@ -173,7 +213,10 @@ impl Rejection {
                 ),
             )),
             Rejection::MethodNotAllowed { allow } => headers.push(("allow".into(), allow.join(", "))),
-            Rejection::KeysUnavailable => headers.push(("retry-after".into(), "5".into())),
+            Rejection::KeysUnavailable | Rejection::CredentialUnavailable(_) => {
+                headers.push(("retry-after".into(), "5".into()));
+            }
+            Rejection::Backend { retry_after: Some(s), .. } => headers.push(("retry-after".into(), s.to_string())),
             _ => {}
         }
         Answer { status, headers, body: problem.to_string() }
@@ -193,6 +236,7 @@ fn title(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",

@@ -13,6 +13,12 @@ pub struct Latency {
     pub policy: u64,
     /// Transform plugins.
     pub plugins: u64,
+    /// Adapter plugin (request and error translation).
+    #[serde(default)]
+    pub adapter: u64,
+    /// Obtaining the upstream credential (0 when cached).
+    #[serde(default)]
+    pub credential: u64,
     /// From forwarding until the upstream's response headers.
     pub upstream: u64,
     /// The whole exchange, as seen by the engine.
@@ -62,6 +68,13 @@ pub struct AuditRecord {
     pub cached: bool,
     /// The token was verified earlier and its identity reused (no signature check this time).
     pub token_cached: bool,
+    /// The upstream credential the request carried: provider, kind, identity, expiry, cache hit. Never its
+    /// value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::credentials::CredentialAudit>,
+    /// Facts the backend adapter stated for the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<gatehouse_plugin_abi::Facts>,
     /// Request body size in bytes.
     pub request_bytes: u64,
     /// Time split.

@@ -25,6 +25,9 @@ pub struct Config {
     /// Upstreams by name.
     #[serde(default)]
     pub backends: BTreeMap<String, Backend>,
+    /// Upstream credential providers by name.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, crate::credentials::ProviderSpec>,
     /// Routes, tried in order.
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -199,6 +202,13 @@ pub struct Backend {
     /// Time allowed until the upstream's response headers arrive, in milliseconds.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// The adapter plugin that speaks this backend's wire format (`vertex-ai`, `azure-ml`, `openai`, or a
+    /// `[plugins.NAME]` of one of those or of your own module).
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// The `[credentials.NAME]` whose short-lived credential every forwarded request carries.
+    #[serde(default)]
+    pub credential: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -229,6 +239,9 @@ pub struct Route {
     /// Transform plugins applied in order to the JSON body.
     #[serde(default)]
     pub transform: Vec<String>,
+    /// A `[credentials.NAME]` for this route instead of the backend's (e.g. a user-delegated one), or `"none"`.
+    #[serde(default)]
+    pub credential: Option<String>,
 }
 
 fn default_methods() -> Vec<String> {

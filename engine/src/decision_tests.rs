@@ -82,7 +82,7 @@ fn check(store: &PolicyStore, file: &str, text: &str, case: &Case) -> Outcome {
     let mut context = json!({
         "method": "POST", "path": "/", "route": "test",
         "client_ip": {"__extn": {"fn": "ip", "arg": "127.0.0.1"}},
-        "time": 1_800_000_000i64, "scopes": [], "issuer": case.principal.issuer, "payload_size": 0,
+        "time": 1_800_000_000i64, "scopes": [], "issuer": case.principal.issuer, "payload_size": 0, "inference": {},
     });
     if let Some(obj) = context.as_object_mut() {
         for (k, v) in &case.context {

@@ -26,6 +26,7 @@
 pub mod answer;
 pub mod audit;
 pub mod config;
+pub mod credentials;
 pub mod decision_tests;
 pub mod error;
 pub mod forward_auth;
@@ -42,7 +43,7 @@ pub use audit::AuditRecord;
 pub use config::Config;
 pub use error::{ConfigError, Located};
 pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
-pub use pipeline::{Exchange, Facts, Grant, Input, KeySet, PluginCall, RequestHead, Step, Upstream};
+pub use pipeline::{AfterUpstream, Exchange, Facts, Grant, Input, KeySet, PluginCall, RequestHead, Step, Upstream};
 pub use policy::{Decision, PolicyStore, Question};
 
 /// Time as the host sees it.

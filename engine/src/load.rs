@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Built-in plugins the host embeds.
-pub const BUILTIN_PLUGINS: [&str; 2] = ["jwt", "transform"];
+pub const BUILTIN_PLUGINS: [&str; 5] = ["jwt", "transform", "vertex-ai", "azure-ml", "openai"];
 
 /// Where a plugin's module comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub struct RouteRuntime {
     pub(crate) upstream_path: Option<Template>,
     pub(crate) backend_url: String,
     pub(crate) timeout_ms: u64,
+    pub(crate) adapter: Option<String>,
+    pub(crate) credential: Option<Arc<crate::credentials::Provider>>,
 }
 
 /// An issuer with its key-fetching settings.
@@ -66,6 +68,7 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) decisions: crate::forward_auth::DecisionCache,
     pub(crate) tokens: crate::token_cache::TokenCache,
+    pub(crate) credentials: Arc<crate::credentials::CredentialCache>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -205,6 +208,35 @@ impl Engine {
                 add_plugin(t, t, None)?;
             }
         }
+        for (name, b) in &config.backends {
+            if let Some(a) = &b.adapter {
+                add_plugin(a, &format!("[backends.{name}]"), None)?;
+            }
+        }
+
+        let mut providers = BTreeMap::new();
+        for (name, spec) in &config.credentials {
+            let needle = format!("[credentials.{name}]");
+            spec.validate().map_err(|m| invalid(&needle, format!("credentials `{name}`: {m}")))?;
+            if name == "none" {
+                return Err(invalid(
+                    &needle,
+                    "`none` is reserved: a route says `credential = \"none\"` for no credential".into(),
+                ));
+            }
+            let provider = crate::credentials::Provider { name: name.clone(), spec: spec.clone() };
+            providers.insert(name.clone(), Arc::new(provider));
+        }
+        for (name, b) in &config.backends {
+            if let Some(c) = &b.credential
+                && !providers.contains_key(c)
+            {
+                return Err(invalid(
+                    &format!("[backends.{name}]"),
+                    format!("backend `{name}`: unknown credential `{c}`"),
+                ));
+            }
+        }
 
         let mut routes = Vec::new();
         for r in &config.routes {
@@ -229,6 +261,15 @@ impl Engine {
             if !(backend.url.starts_with("http://") || backend.url.starts_with("https://")) {
                 return Err(invalid(&backend.url, format!("backend `{}`: url must be http:// or https://", r.backend)));
             }
+            let credential = match r.credential.as_deref().or(backend.credential.as_deref()) {
+                None | Some("none") => None,
+                Some(c) => Some(Arc::clone(providers.get(c).ok_or_else(|| bad(format!("unknown credential `{c}`")))?)),
+            };
+            if backend.adapter.is_some() && r.upstream_path.is_some() {
+                return Err(bad(
+                    "`upstream_path` and a backend `adapter` exclude each other: the adapter chooses the path".into(),
+                ));
+            }
             routes.push(Arc::new(RouteRuntime {
                 spec: r.clone(),
                 path,
@@ -236,6 +277,8 @@ impl Engine {
                 upstream_path,
                 backend_url: backend.url.trim_end_matches('/').to_owned(),
                 timeout_ms: backend.timeout_ms,
+                adapter: backend.adapter.clone(),
+                credential,
             }));
         }
         let issuers = config.issuers.iter().map(|spec| IssuerRuntime { spec: spec.clone() }).collect();
@@ -249,6 +292,7 @@ impl Engine {
             clock,
             decisions: Default::default(),
             tokens: Default::default(),
+            credentials: Default::default(),
         })
     }
 

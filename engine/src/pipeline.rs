@@ -2,13 +2,17 @@
 
 use crate::answer::{Answer, Rejection};
 use crate::audit::{AuditRecord, sha256_hex};
+use crate::credentials::{Credential, CredentialAudit, Flow, Lookup, Secret};
 use crate::forward_auth::Cached;
 use crate::load::{Engine, RouteRuntime};
 use crate::policy::{Decision, Question};
 use crate::route::Params;
 use crate::token_cache;
 use base64::Engine as _;
-use gatehouse_plugin_abi::{AuthnInput, AuthnVerdict, Hook, HookResult, Identity, TransformInput, TransformOutput};
+use gatehouse_plugin_abi::{
+    AdaptInput, AdaptOutput, AuthnInput, AuthnVerdict, BackendRequest, ErrorInput, ErrorOutput, Facts as Inference,
+    Hook, HookResult, Identity, TransformInput, TransformOutput,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -104,6 +108,10 @@ pub enum Step {
     },
     /// A plugin call. Answer with [`Input::PluginOutput`].
     CallPlugin(PluginCall),
+    /// Obtain an upstream credential: drive the flow to [`crate::credentials::Need::Done`] (one flow at a time
+    /// per [`Flow::key`]; concurrent exchanges with the same key wait for it) and answer with
+    /// [`Input::Credential`].
+    ObtainCredential(Flow),
     /// Forward and stream the answer; then call [`Exchange::upstream_responded`] or
     /// [`Exchange::upstream_failed`].
     Forward(Upstream),
@@ -126,6 +134,30 @@ pub enum Input {
     BodyUnreadable,
     /// The plugin's output bytes, or why the call failed (trap, deadline, memory).
     PluginOutput(Result<Vec<u8>, String>),
+    /// The credential a flow obtained, or why it could not.
+    Credential(Result<Arc<Credential>, String>),
+    /// The upstream's error body (after [`AfterUpstream::ReadError`]), at most the limit asked.
+    UpstreamError(Vec<u8>),
+}
+
+/// What the host does once the upstream's response headers arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpstream {
+    /// Stream the response to the caller as it is.
+    Stream,
+    /// The backend failed and its adapter translates errors: read at most `limit` bytes of the body and feed
+    /// them with [`Input::UpstreamError`]; the exchange continues with a plugin call and an answer.
+    ReadError {
+        /// Largest body to read.
+        limit: usize,
+    },
+}
+
+/// What happens once the upstream credential is at hand.
+#[derive(Debug, Clone)]
+enum After {
+    Forward,
+    Grant(Vec<(String, String)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +166,10 @@ enum Phase {
     Authn { refreshed: bool },
     Body,
     Transform { index: usize },
+    Adapt,
+    Credential,
     Forwarding,
+    UpstreamError { status: u16 },
     Done,
 }
 
@@ -156,7 +191,14 @@ pub struct Exchange {
     audit: AuditRecord,
     forward_auth: bool,
     cache_key: Option<String>,
+    backend: Option<BackendRequest>,
+    after: Option<After>,
+    background: Option<Flow>,
+    content_type: Option<String>,
 }
+
+/// Caller headers passed to a backend behind an adapter.
+const ADAPTED_PASS: [&str; 4] = ["accept", "user-agent", "traceparent", "tracestate"];
 
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -215,6 +257,10 @@ impl Engine {
             audit,
             forward_auth,
             cache_key: None,
+            backend: None,
+            after: None,
+            background: None,
+            content_type: None,
         };
         let step = match ex.begin() {
             Ok(step) => step,
@@ -249,14 +295,17 @@ impl Exchange {
             .and_then(|iss| self.engine.issuers.iter().position(|i| i.spec.issuer == iss))
             .ok_or_else(|| invalid_token("the token's issuer is not trusted"))?;
         self.issuer = issuer;
-        if self.forward_auth {
+        let per_caller = self.route.as_ref().and_then(|r| r.credential.as_ref()).is_some_and(|p| p.spec.per_caller());
+        // A per-caller credential needs the verified identity, which a cached decision skips.
+        if self.forward_auth && !per_caller {
             let key = format!("{}\n{}\n{}", sha256_hex(self.token.as_bytes()), self.head.method, self.head.path);
             let cached = self.engine.decisions.get(&key, self.audit.time);
             self.cache_key = Some(key);
             match cached {
                 Some(Cached::Grant(headers)) => {
                     self.audit.cached = true;
-                    return Ok(self.grant(headers));
+                    self.audit.decision = "allow".into();
+                    return self.with_credential(After::Grant(headers));
                 }
                 Some(Cached::Deny(policy_ids)) => {
                     self.audit.cached = true;
@@ -288,6 +337,8 @@ impl Exchange {
         match self.phase {
             Phase::Keys { .. } | Phase::Authn { .. } => l.authn += spent,
             Phase::Transform { .. } => l.plugins += spent,
+            Phase::Adapt | Phase::UpstreamError { .. } => l.adapter += spent,
+            Phase::Credential => l.credential += spent,
             Phase::Forwarding => l.upstream += spent,
             Phase::Body | Phase::Done => {}
         }
@@ -349,19 +400,6 @@ impl Exchange {
                 self.account();
                 self.audit.request_bytes = body.len() as u64;
                 self.body = body;
-                let decision = self.authorize();
-                let spent = self.engine.clock().micros().saturating_sub(self.phase_started);
-                self.audit.latency_us.policy += spent;
-                self.phase_started += spent;
-                self.audit.policy_ids.clone_from(&decision.policy_ids);
-                self.audit.policy_errors.clone_from(&decision.errors);
-                if self.forward_auth {
-                    return self.decide_only(decision);
-                }
-                if !decision.allowed {
-                    return Err(Rejection::Forbidden(decision));
-                }
-                self.audit.decision = "allow".into();
                 self.next_transform(0)
             }
             (Phase::Transform { index }, Input::PluginOutput(out)) => {
@@ -375,6 +413,72 @@ impl Exchange {
                     TransformOutput::Reject { reason, too_large: false } => Err(Rejection::BadPayload(reason)),
                 }
             }
+            (Phase::Adapt, Input::PluginOutput(out)) => {
+                let name = self.rt()?.adapter.clone().unwrap_or_default();
+                match decode::<AdaptOutput>(&name, out)? {
+                    AdaptOutput::Request(r) => {
+                        if !r.path.starts_with('/') || r.path.starts_with("//") || r.path.contains(['\r', '\n']) {
+                            return Err(Rejection::PluginFailed {
+                                plugin: name,
+                                reason: "it returned a backend path that is not an absolute path".into(),
+                            });
+                        }
+                        self.audit.inference = Some(r.facts.clone());
+                        self.backend = Some(r);
+                        self.decide()
+                    }
+                    AdaptOutput::Reject { reason, too_large: true } => Err(Rejection::PayloadRefused(reason)),
+                    AdaptOutput::Reject { reason, too_large: false } => Err(Rejection::BadPayload(reason)),
+                }
+            }
+            (Phase::Credential, Input::Credential(result)) => {
+                self.account();
+                let after = self.after.take().unwrap_or(After::Forward);
+                match result {
+                    Ok(cred) => Ok(self.proceed(after, Some(cred))),
+                    Err(why) => {
+                        let key = self.credential_key().unwrap_or_default();
+                        // Another exchange's flow may have succeeded meanwhile.
+                        if let Lookup::Use(cred, _) =
+                            self.engine.credentials.lookup(&key, self.engine.clock().unix_secs())
+                        {
+                            return Ok(self.proceed(after, Some(cred)));
+                        }
+                        if let Some(a) = &mut self.audit.credential {
+                            a.error = Some(why.clone());
+                        }
+                        Err(Rejection::CredentialUnavailable(why))
+                    }
+                }
+            }
+            (Phase::UpstreamError { status }, Input::UpstreamError(body)) => {
+                let adapter = self.rt()?.adapter.clone().unwrap_or_default();
+                let input = ErrorInput {
+                    status,
+                    content_type: self.content_type.take(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                };
+                let bytes = serde_json::to_vec(&input).map_err(|e| internal("adapt_error input", e))?;
+                let call = self.call(adapter, Hook::AdaptError, bytes)?;
+                Ok(self.enter(Phase::UpstreamError { status }, call))
+            }
+            (Phase::UpstreamError { status }, Input::PluginOutput(out)) => {
+                let adapter = self.rt()?.adapter.clone().unwrap_or_default();
+                let e = decode::<ErrorOutput>(&adapter, out).unwrap_or_else(|_| ErrorOutput {
+                    status: if status == 504 || status == 408 { 504 } else { 502 },
+                    title: "Bad Gateway".into(),
+                    detail: format!("the backend answered {status}"),
+                    retry_after: None,
+                });
+                let status_out = if (400..=599).contains(&e.status) { e.status } else { 502 };
+                Err(Rejection::Backend {
+                    status: status_out,
+                    backend_status: status,
+                    title: e.title,
+                    detail: e.detail,
+                    retry_after: e.retry_after,
+                })
+            }
             (phase, input) => Err(Rejection::PluginFailed {
                 plugin: "host".into(),
                 reason: format!("internal: input {} does not fit phase {phase:?}", input_name(&input)),
@@ -384,7 +488,9 @@ impl Exchange {
 
     /// The caller is who `id` says: record it and read the body.
     fn authenticated(&mut self, id: Arc<Identity>) -> Result<Step, Rejection> {
-        self.token.clear();
+        if !self.route.as_ref().and_then(|r| r.credential.as_ref()).is_some_and(|p| p.spec.per_caller()) {
+            self.token.clear();
+        }
         self.audit.subject = Some(id.subject.clone());
         self.audit.issuer = Some(id.issuer.clone());
         self.audit.kid.clone_from(&id.kid);
@@ -418,9 +524,90 @@ impl Exchange {
             self.engine.decisions.put(key, until, outcome.clone(), self.audit.time, fa.cache_entries);
         }
         match outcome {
-            Cached::Grant(headers) => Ok(self.grant(headers)),
+            Cached::Grant(headers) => {
+                self.audit.decision = "allow".into();
+                self.with_credential(After::Grant(headers))
+            }
             Cached::Deny(_) => Err(Rejection::Forbidden(decision)),
         }
+    }
+
+    /// The cache key of the route's credential: the provider, and for per-caller providers the caller.
+    fn credential_key(&self) -> Option<String> {
+        let provider = self.route.as_ref()?.credential.as_ref()?;
+        Some(match (&self.identity, provider.spec.per_caller()) {
+            (Some(id), true) => format!("{}\n{}\n{}", provider.name, id.issuer, id.subject),
+            _ => provider.name.clone(),
+        })
+    }
+
+    /// Attaches the route's upstream credential (cached, or obtained now), then forwards or grants.
+    fn with_credential(&mut self, after: After) -> Result<Step, Rejection> {
+        let rt = self.rt()?;
+        let (Some(provider), Some(key)) = (rt.credential.clone(), self.credential_key()) else {
+            return Ok(self.proceed(after, None));
+        };
+        let now = self.engine.clock().unix_secs();
+        self.audit.credential = Some(CredentialAudit {
+            provider: provider.name.clone(),
+            kind: provider.spec.kind().into(),
+            ..CredentialAudit::default()
+        });
+        let caller = match (&self.identity, provider.spec.per_caller()) {
+            (Some(id), true) => Some((Secret::new(std::mem::take(&mut self.token)), id.expires_at)),
+            _ => None,
+        };
+        let entropy = self.engine.clock().micros();
+        let cache = Arc::clone(&self.engine.credentials);
+        let flow = move |key: String, background: bool| {
+            crate::credentials::flow(provider, cache, key, caller, background, now, entropy)
+        };
+        match self.engine.credentials.lookup(&key, now) {
+            Lookup::Use(cred, refresh) => {
+                if let Some(a) = &mut self.audit.credential {
+                    a.cached = true;
+                    a.refresh_started = refresh;
+                }
+                if refresh {
+                    self.background = Some(flow(key, true));
+                }
+                Ok(self.proceed(after, Some(cred)))
+            }
+            Lookup::Missing => {
+                self.after = Some(after);
+                Ok(self.enter(Phase::Credential, Step::ObtainCredential(flow(key, false))))
+            }
+        }
+    }
+
+    fn proceed(&mut self, after: After, cred: Option<Arc<Credential>>) -> Step {
+        self.token.clear();
+        if let (Some(c), Some(a)) = (&cred, &mut self.audit.credential) {
+            a.identity = Some(c.identity.clone());
+            a.expires_at = Some(c.expires_at);
+        }
+        match after {
+            After::Grant(mut headers) => {
+                if let Some(c) = cred {
+                    headers.push((c.header.clone(), c.value.expose().to_owned()));
+                }
+                self.grant(headers)
+            }
+            After::Forward => {
+                let mut upstream = self.upstream();
+                if let Some(c) = cred {
+                    upstream.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&c.header));
+                    upstream.headers.push((c.header.clone(), c.value.expose().to_owned()));
+                }
+                self.enter(Phase::Forwarding, Step::Forward(upstream))
+            }
+        }
+    }
+
+    /// A credential refresh to run in the background once this exchange has forwarded or granted (the
+    /// request itself used the still-valid credential). The flow stores its result in the cache.
+    pub fn take_background(&mut self) -> Option<Flow> {
+        self.background.take()
     }
 
     fn grant(&mut self, mut headers: Vec<(String, String)>) -> Step {
@@ -451,9 +638,53 @@ impl Exchange {
             path: &self.head.path,
             client_ip: &self.head.client_ip,
             time: self.audit.time,
-            payload_size: self.body.len() as u64,
+            payload_size: self.audit.request_bytes,
+            inference: self.backend.as_ref().map(|b| &b.facts),
         };
         self.engine.policies.authorize(&question(rt, &self.model, &facts, id))
+    }
+
+    /// Cedar decides on the request as it will be sent (after transforms and the adapter).
+    fn decide(&mut self) -> Result<Step, Rejection> {
+        self.account();
+        let decision = self.authorize();
+        let spent = self.engine.clock().micros().saturating_sub(self.phase_started);
+        self.audit.latency_us.policy += spent;
+        self.phase_started += spent;
+        self.audit.policy_ids.clone_from(&decision.policy_ids);
+        self.audit.policy_errors.clone_from(&decision.errors);
+        if self.forward_auth {
+            return self.decide_only(decision);
+        }
+        if !decision.allowed {
+            return Err(Rejection::Forbidden(decision));
+        }
+        self.audit.decision = "allow".into();
+        self.with_credential(After::Forward)
+    }
+
+    /// Runs the route's backend adapter, if it has one, on the (transformed) body.
+    fn adapt(&mut self) -> Result<Step, Rejection> {
+        let rt = self.rt()?;
+        let Some(adapter) = rt.adapter.clone() else { return self.decide() };
+        let body = if self.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&self.body)
+                .map_err(|_| Rejection::BadPayload("the request body is not JSON".into()))?
+        };
+        let input = AdaptInput {
+            route: rt.spec.name.clone(),
+            model: self.model.clone(),
+            method: self.head.method.clone(),
+            path: self.head.path.clone(),
+            query: self.head.query.clone(),
+            params: self.params.clone(),
+            body,
+        };
+        let bytes = serde_json::to_vec(&input).map_err(|e| internal("adapt input", e))?;
+        let call = self.call(adapter, Hook::AdaptRequest, bytes)?;
+        Ok(self.enter(Phase::Adapt, call))
     }
 
     fn next_transform(&mut self, index: usize) -> Result<Step, Rejection> {
@@ -466,31 +697,70 @@ impl Exchange {
             let call = self.call(name, Hook::TransformRequest, bytes)?;
             return Ok(self.enter(Phase::Transform { index }, call));
         }
-        let upstream = self.upstream(&rt);
-        Ok(self.enter(Phase::Forwarding, Step::Forward(upstream)))
+        self.adapt()
     }
 
-    fn upstream(&mut self, rt: &RouteRuntime) -> Upstream {
-        let path = rt.upstream_path.as_ref().map_or_else(|| self.head.path.clone(), |t| t.render(&self.params));
-        let mut url = format!("{}{path}", rt.backend_url);
-        if let Some(q) = &self.head.query {
-            url.push('?');
-            url.push_str(q);
-        }
-        let mut headers: Vec<(String, String)> = self
-            .head
-            .headers
-            .iter()
-            .filter(|(n, _)| {
-                let n = n.to_ascii_lowercase();
-                !HOP_BY_HOP.contains(&n.as_str())
-                    && n != "authorization"
-                    && n != "content-length"
-                    && n != "x-forwarded-for"
-                    && !n.starts_with("x-gatehouse-")
-            })
-            .cloned()
-            .collect();
+    fn upstream(&mut self) -> Upstream {
+        let Some(rt) = self.route.clone() else {
+            return Upstream {
+                url: String::new(),
+                method: String::new(),
+                headers: vec![],
+                body: vec![],
+                timeout_ms: 0,
+                response_headers: vec![],
+            };
+        };
+        let adapted = self.backend.take();
+        let (url, method, mut headers, body) = match adapted {
+            Some(b) => {
+                // A cloud backend gets the adapter's request and a minimal set of the caller's headers: the
+                // caller must not pin deployments or smuggle provider headers past the policy.
+                let mut headers: Vec<(String, String)> = self
+                    .head
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| ADAPTED_PASS.iter().any(|p| n.eq_ignore_ascii_case(p)))
+                    .cloned()
+                    .collect();
+                for (n, v) in b.headers {
+                    let lower = n.to_ascii_lowercase();
+                    if HOP_BY_HOP.contains(&lower.as_str()) || lower == "authorization" || lower == "content-length" {
+                        continue;
+                    }
+                    headers.retain(|(h, _)| !h.eq_ignore_ascii_case(&n));
+                    headers.push((lower, v));
+                }
+                if !headers.iter().any(|(n, _)| n == "content-type") {
+                    headers.push(("content-type".into(), "application/json".into()));
+                }
+                let body = serde_json::to_vec(&b.body).unwrap_or_default();
+                (format!("{}{}", rt.backend_url, b.path), b.method, headers, body)
+            }
+            None => {
+                let path = rt.upstream_path.as_ref().map_or_else(|| self.head.path.clone(), |t| t.render(&self.params));
+                let mut url = format!("{}{path}", rt.backend_url);
+                if let Some(q) = &self.head.query {
+                    url.push('?');
+                    url.push_str(q);
+                }
+                let headers: Vec<(String, String)> = self
+                    .head
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| {
+                        let n = n.to_ascii_lowercase();
+                        !HOP_BY_HOP.contains(&n.as_str())
+                            && n != "authorization"
+                            && n != "content-length"
+                            && n != "x-forwarded-for"
+                            && !n.starts_with("x-gatehouse-")
+                    })
+                    .cloned()
+                    .collect();
+                (url, self.head.method.clone(), headers, std::mem::take(&mut self.body))
+            }
+        };
         let forwarded = match self.head.header("x-forwarded-for") {
             Some(prev) if self.engine.config.server.trust_forwarded_for => format!("{prev}, {}", self.head.client_ip),
             _ => self.head.client_ip.clone(),
@@ -503,20 +773,27 @@ impl Exchange {
         }
         Upstream {
             url,
-            method: self.head.method.clone(),
+            method,
             headers,
-            body: std::mem::take(&mut self.body),
+            body,
             timeout_ms: rt.timeout_ms,
             response_headers: vec![("x-request-id".into(), self.head.request_id.clone())],
         }
     }
 
-    /// The upstream answered with `status`; the host now streams its body to the caller.
-    pub fn upstream_responded(&mut self, status: u16) {
+    /// The upstream answered with `status`: stream its body to the caller, or (an error the route's adapter
+    /// translates) read the error body and continue the exchange.
+    pub fn upstream_responded(&mut self, status: u16, content_type: Option<&str>) -> AfterUpstream {
         self.account();
-        self.phase = Phase::Done;
         self.audit.upstream_status = Some(status);
+        if status >= 400 && self.route.as_ref().is_some_and(|r| r.adapter.is_some()) {
+            self.content_type = content_type.map(str::to_owned);
+            self.phase = Phase::UpstreamError { status };
+            return AfterUpstream::ReadError { limit: 64 * 1024 };
+        }
+        self.phase = Phase::Done;
         self.audit.status = status;
+        AfterUpstream::Stream
     }
 
     /// The upstream failed before answering; returns what to send the caller.
@@ -542,8 +819,8 @@ impl Exchange {
         let answer = r.answer(&self.head.request_id, self.engine.config.server.reveal_policy_ids);
         self.audit.status = answer.status;
         self.audit.reason = Some(r.kind().to_owned());
-        self.audit.detail = Some(r.detail());
-        if !matches!(r, Rejection::UpstreamFailed(_) | Rejection::UpstreamTimeout) {
+        self.audit.detail = Some(r.audit_detail());
+        if !matches!(r, Rejection::UpstreamFailed(_) | Rejection::UpstreamTimeout | Rejection::Backend { .. }) {
             self.audit.decision = "deny".into();
         }
         answer
@@ -569,6 +846,8 @@ fn input_name(i: &Input) -> &'static str {
         Input::BodyTooLarge => "BodyTooLarge",
         Input::BodyUnreadable => "BodyUnreadable",
         Input::PluginOutput(_) => "PluginOutput",
+        Input::Credential(_) => "Credential",
+        Input::UpstreamError(_) => "UpstreamError",
     }
 }
 
@@ -638,6 +917,8 @@ pub struct Facts<'a> {
     pub time: i64,
     /// Body size in bytes.
     pub payload_size: u64,
+    /// Facts the backend adapter stated.
+    pub inference: Option<&'a Inference>,
 }
 
 fn question(rt: &RouteRuntime, model: &str, f: &Facts<'_>, id: &Identity) -> Question {
@@ -658,6 +939,7 @@ fn question(rt: &RouteRuntime, model: &str, f: &Facts<'_>, id: &Identity) -> Que
             "scopes": id.scopes,
             "issuer": id.issuer,
             "payload_size": i64::try_from(f.payload_size).unwrap_or(i64::MAX),
+            "inference": f.inference.map_or_else(|| serde_json::json!({}), |i| serde_json::to_value(i).unwrap_or_default()),
         }),
     }
 }

@@ -5,7 +5,7 @@ use crate::client::HttpClient;
 use crate::keys::KeyStore;
 use crate::runtime::Plugins;
 use bytes::Bytes;
-use gatehouse_engine::{Answer, Engine, Exchange, Input, RequestHead, Step, Upstream};
+use gatehouse_engine::{AfterUpstream, Answer, Engine, Exchange, Input, RequestHead, Step, Upstream};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::combinators::BoxBody;
@@ -27,6 +27,8 @@ pub struct Loaded {
     pub plugins: Plugins,
     /// The issuers' keys.
     pub keys: KeyStore,
+    /// Upstream credential flows under way.
+    pub credentials: crate::credentials::Flights,
 }
 
 /// A running gateway.
@@ -95,7 +97,7 @@ impl Gateway {
             _ => body,
         };
         match self.drive(&parts, body, peer, false).await {
-            Outcome::Forward(ex, upstream) => self.forward(*ex, upstream).await,
+            Outcome::Forward(ex, upstream) => self.forward(*ex, upstream, self.loaded()).await,
             Outcome::Grant(grant) => grant_response(grant),
             Outcome::Answer(answer) => answer_response(answer),
         }
@@ -137,8 +139,16 @@ impl Gateway {
             client_ip: peer.ip().to_string(),
             decide_only,
         };
-        let (mut ex, mut step) = loaded.engine.start(head);
-        let mut body = Some(body);
+        let (ex, step) = loaded.engine.start(head);
+        self.run(&loaded, ex, step, Some(body)).await
+    }
+
+    /// Performs the steps the engine asks for until it answers, grants or forwards.
+    async fn run<B>(&self, loaded: &Loaded, mut ex: Exchange, mut step: Step, mut body: Option<B>) -> Outcome
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         loop {
             let input = match step {
                 Step::FetchKeys { issuer, refresh } => Input::Keys(loaded.keys.keys(issuer, refresh).await),
@@ -147,12 +157,17 @@ impl Gateway {
                     None => Input::Body(Vec::new()),
                 },
                 Step::CallPlugin(call) => Input::PluginOutput(loaded.plugins.call(&call)),
-                Step::Forward(upstream) => return Outcome::Forward(Box::new(ex), upstream),
+                Step::ObtainCredential(flow) => Input::Credential(loaded.credentials.obtain(&self.client, flow).await),
+                Step::Forward(upstream) => {
+                    self.background(&mut ex);
+                    return Outcome::Forward(Box::new(ex), upstream);
+                }
                 Step::Respond(answer) => {
                     self.audit.write(&ex.finish());
                     return Outcome::Answer(answer);
                 }
                 Step::Grant(grant) => {
+                    self.background(&mut ex);
                     self.audit.write(&ex.finish());
                     return Outcome::Grant(grant);
                 }
@@ -161,7 +176,19 @@ impl Gateway {
         }
     }
 
-    async fn forward(&self, mut ex: Exchange, up: Upstream) -> Response<ResponseBody> {
+    /// Starts the credential refresh the exchange asked for, without holding the request up.
+    fn background(&self, ex: &mut Exchange) {
+        if let Some(flow) = ex.take_background() {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::credentials::drive(&client, flow).await {
+                    crate::log(format_args!("background credential refresh failed: {e}"));
+                }
+            });
+        }
+    }
+
+    async fn forward(&self, mut ex: Exchange, up: Upstream, loaded: Arc<Loaded>) -> Response<ResponseBody> {
         let mut builder = Request::builder().method(up.method.as_str()).uri(&up.url);
         for (n, v) in &up.headers {
             builder = builder.header(n, v);
@@ -176,7 +203,19 @@ impl Gateway {
             Ok(Err(e)) => return self.fail(ex, false, &connect_reason(&e)),
             Ok(Ok(res)) => res,
         };
-        ex.upstream_responded(res.status().as_u16());
+        let content_type = res.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if let AfterUpstream::ReadError { limit } = ex.upstream_responded(res.status().as_u16(), content_type) {
+            let bytes = match Limited::new(res.into_body(), limit).collect().await {
+                Ok(c) => c.to_bytes().to_vec(),
+                Err(_) => Vec::new(),
+            };
+            let step = ex.resume(Input::UpstreamError(bytes));
+            return match self.run::<Full<Bytes>>(&loaded, ex, step, None).await {
+                Outcome::Answer(a) => answer_response(a),
+                Outcome::Grant(g) => grant_response(g),
+                Outcome::Forward(ex, _) => self.fail(*ex, false, "the engine asked to forward twice"),
+            };
+        }
         self.audit.write(&ex.finish());
         let (mut parts, incoming) = res.into_parts();
         for name in ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authenticate", "trailer"] {

@@ -52,6 +52,7 @@
 
 pub mod audit;
 pub mod client;
+pub mod credentials;
 pub mod demo;
 pub mod gateway;
 pub mod keys;
@@ -145,7 +146,7 @@ pub fn load_engine(engine: Engine, client: &client::HttpClient) -> Result<Loaded
         server.plugin_memory_bytes,
     )?;
     let keys = keys::KeyStore::new(engine.issuers.iter().map(|i| i.spec.clone()), client.clone());
-    Ok(Loaded { engine: Arc::new(engine), plugins, keys })
+    Ok(Loaded { engine: Arc::new(engine), plugins, keys, credentials: credentials::Flights::default() })
 }
 
 impl Gateway {

@@ -35,7 +35,7 @@ enum Command {
         /// Configuration file.
         #[arg(long)]
         config: String,
-        /// Request file (JSON): method, path, identity {issuer, subject, kind, groups, scopes}, client_ip, payload_size.
+        /// Request file (JSON): method, path, identity {issuer, subject, kind, groups, scopes}, client_ip, payload_size, inference {operation, model_name, deployment, instances, max_tokens, stream}.
         #[arg(long)]
         request: String,
     },
@@ -177,6 +177,9 @@ struct DryRun {
     client_ip: String,
     #[serde(default)]
     payload_size: u64,
+    /// Facts a backend adapter would state (`context.inference`).
+    #[serde(default)]
+    inference: Option<gatehouse_plugin_abi::Facts>,
 }
 
 #[derive(serde::Deserialize)]
@@ -230,6 +233,7 @@ fn authorize(config: &str, request: &str) -> Result<i32> {
         client_ip: &req.client_ip,
         time: now,
         payload_size: req.payload_size,
+        inference: req.inference.as_ref(),
     };
     match engine.explain(&facts, &identity) {
         Err(r) => {

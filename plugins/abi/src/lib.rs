@@ -5,9 +5,11 @@
 //! of every hook's input and output, so that the host, the SDK and tests agree on them by construction.
 #![deny(missing_docs)]
 
+mod adapt;
 mod authn;
 mod transform;
 
+pub use adapt::{AdaptInput, AdaptOutput, BackendRequest, ErrorInput, ErrorOutput, Facts};
 pub use authn::{AuthnInput, AuthnVerdict, Identity, PrincipalKind, Refusal, RefusalCode};
 pub use transform::{TransformInput, TransformOutput};
 
@@ -38,17 +40,23 @@ pub enum Hook {
     Authenticate,
     /// Reshapes, limits or redacts the request payload before it is forwarded.
     TransformRequest,
+    /// Turns the request into a backend's wire format and states facts about it for the policy.
+    AdaptRequest,
+    /// Turns a backend's error answer into a problem for the caller.
+    AdaptError,
 }
 
 impl Hook {
     /// All hooks of this ABI version.
-    pub const ALL: [Hook; 2] = [Hook::Authenticate, Hook::TransformRequest];
+    pub const ALL: [Hook; 4] = [Hook::Authenticate, Hook::TransformRequest, Hook::AdaptRequest, Hook::AdaptError];
 
     /// The hook's name as used in manifests and export names.
     pub fn name(self) -> &'static str {
         match self {
             Hook::Authenticate => "authenticate",
             Hook::TransformRequest => "transform_request",
+            Hook::AdaptRequest => "adapt_request",
+            Hook::AdaptError => "adapt_error",
         }
     }
 

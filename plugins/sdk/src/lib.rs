@@ -34,8 +34,9 @@
 #![deny(missing_docs)]
 
 pub use gatehouse_plugin_abi::{
-    self as abi, AuthnInput, AuthnVerdict, Hook, HookResult, Identity, Manifest, PluginError, PrincipalKind, Refusal,
-    RefusalCode, TransformInput, TransformOutput,
+    self as abi, AdaptInput, AdaptOutput, AuthnInput, AuthnVerdict, BackendRequest, ErrorInput, ErrorOutput, Facts,
+    Hook, HookResult, Identity, Manifest, PluginError, PrincipalKind, Refusal, RefusalCode, TransformInput,
+    TransformOutput,
 };
 pub use serde_json;
 
@@ -58,6 +59,16 @@ pub trait Plugin {
     /// The `transform_request` hook.
     fn transform_request(_config: &Self::Config, _input: TransformInput) -> Result<TransformOutput, PluginError> {
         Err(unsupported(Hook::TransformRequest))
+    }
+
+    /// The `adapt_request` hook.
+    fn adapt_request(_config: &Self::Config, _input: AdaptInput) -> Result<AdaptOutput, PluginError> {
+        Err(unsupported(Hook::AdaptRequest))
+    }
+
+    /// The `adapt_error` hook.
+    fn adapt_error(_config: &Self::Config, _input: ErrorInput) -> Result<ErrorOutput, PluginError> {
+        Err(unsupported(Hook::AdaptError))
     }
 }
 
@@ -109,6 +120,20 @@ macro_rules! export_plugin {
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn gatehouse_hook_transform_request(c: i32, cl: i32, i: i32, il: i32) -> i64 {
                 unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request) }
+            }
+
+            /// # Safety
+            /// The host passes regions it obtained from `gatehouse_alloc` and filled.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn gatehouse_hook_adapt_request(c: i32, cl: i32, i: i32, il: i32) -> i64 {
+                unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::adapt_request) }
+            }
+
+            /// # Safety
+            /// The host passes regions it obtained from `gatehouse_alloc` and filled.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn gatehouse_hook_adapt_error(c: i32, cl: i32, i: i32, il: i32) -> i64 {
+                unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::adapt_error) }
             }
         }
     };
@@ -202,5 +227,66 @@ pub mod rt {
             Ok(o) => HookResult::Ok(o),
             Err(e) => HookResult::Error(e),
         }
+    }
+}
+
+pub mod adapt {
+    //! Helpers that backend adapters share: the operation named by the caller's path, counting instances, and
+    //! mapping a backend's error answer to the caller's status.
+    use crate::{AdaptInput, AdaptOutput, ErrorInput, ErrorOutput};
+    use serde_json::Value;
+
+    /// The operation the caller asked for: the route's `{operation}` parameter, else the text after the last
+    /// `:` of the path's last segment (`/v1/models/fraud:predict` → `predict`).
+    pub fn operation(input: &AdaptInput) -> Option<String> {
+        if let Some(op) = input.params.get("operation") {
+            return Some(op.clone());
+        }
+        let last = input.path.rsplit('/').next()?;
+        last.rsplit_once(':').map(|(_, op)| op.to_owned()).filter(|op| !op.is_empty())
+    }
+
+    /// A refusal with status 400.
+    pub fn bad_request(reason: impl Into<String>) -> AdaptOutput {
+        AdaptOutput::Reject { reason: reason.into(), too_large: false }
+    }
+
+    /// The length of the array at `pointer`, if there is one.
+    pub fn count(body: &Value, pointer: &str) -> Option<i64> {
+        body.pointer(pointer).and_then(Value::as_array).map(|a| i64::try_from(a.len()).unwrap_or(i64::MAX))
+    }
+
+    /// The first integer found at one of `pointers`.
+    pub fn first_int(body: &Value, pointers: &[&str]) -> Option<i64> {
+        pointers.iter().find_map(|p| body.pointer(p).and_then(Value::as_i64))
+    }
+
+    /// The backend's own explanation: the first string at `pointers` in a JSON body, else the body itself,
+    /// cut to 500 characters.
+    pub fn detail(input: &ErrorInput, pointers: &[&str]) -> String {
+        let from_json = serde_json::from_str::<Value>(&input.body)
+            .ok()
+            .and_then(|v| pointers.iter().find_map(|p| v.pointer(p).and_then(Value::as_str).map(str::to_owned)));
+        let text = from_json.unwrap_or_else(|| input.body.trim().to_owned());
+        let text = if text.is_empty() { format!("the backend answered {}", input.status) } else { text };
+        text.chars().take(500).collect()
+    }
+
+    /// What the caller gets for a backend error status: the caller's own mistakes (400, 404 of a request
+    /// entity, 413, 422) and back-pressure (429, 503) keep their status; the gateway's credential being refused
+    /// (401, 403) and other backend failures are 502; backend timeouts (408, 504) are 504.
+    pub fn caller_status(backend: u16) -> u16 {
+        match backend {
+            400 | 413 | 422 | 429 | 503 => backend,
+            408 | 504 => 504,
+            _ => 502,
+        }
+    }
+
+    /// Builds the error output from a backend status, a title and the backend's detail.
+    pub fn error_output(input: &ErrorInput, title: &str, detail: String) -> ErrorOutput {
+        let status = caller_status(input.status);
+        let retry_after = matches!(status, 429 | 503).then_some(1);
+        ErrorOutput { status, title: title.to_owned(), detail, retry_after }
     }
 }
