@@ -486,6 +486,8 @@ impl Flow {
     }
 
     fn succeed(&mut self, identity: String, header: String, value: String, expires_at: i64, refresh_at: i64) -> Need {
+        // Refresh by the credential's own lifetime; a per-caller credential also ends with the caller's token.
+        let refresh_at = refresh_at.min(expires_at.saturating_sub(self.provider.spec.refresh_before() + self.jitter));
         let expires_at = self.caller_expires.map_or(expires_at, |c| expires_at.min(c));
         let cred = Arc::new(Credential {
             provider: self.provider.name.clone(),
@@ -495,7 +497,6 @@ impl Flow {
             value: Secret(value),
             expires_at,
         });
-        let refresh_at = refresh_at.min(expires_at.saturating_sub(self.provider.spec.refresh_before() + self.jitter));
         self.cache.store(&self.key, Arc::clone(&cred), refresh_at.max(self.now), self.now);
         self.stage = Stage::Done;
         self.outcome = Some(Ok(cred));
@@ -802,7 +803,10 @@ impl CredentialCache {
         }
         let margin = EXPIRY_MARGIN.min((cred.expires_at - now) / 6).max(0);
         let usable_until = cred.expires_at - margin;
-        map.insert(key.to_owned(), Entry { cred, usable_until, refresh_at: refresh_at.min(usable_until), lease_until: 0 });
+        map.insert(
+            key.to_owned(),
+            Entry { cred, usable_until, refresh_at: refresh_at.min(usable_until), lease_until: 0 },
+        );
     }
 
     fn failed(&self, key: &str, now: i64) {
@@ -941,19 +945,20 @@ mod tests {
                     "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/sa%40proj.iam.gserviceaccount.com:generateAccessToken"
                 );
                 assert!(c.headers.contains(&("authorization".into(), "Bearer fed".into())));
-                ok(200, serde_json::json!({"accessToken": "ya29.x", "expireTime": "1970-01-12T13:46:40Z"}))
+                ok(200, serde_json::json!({"accessToken": "ya29.x", "expireTime": "1970-01-12T14:46:40Z"}))
             }
             n => panic!("unexpected {n:?}"),
         });
         assert_eq!(seen.len(), 3);
         let cred = f.outcome().unwrap().unwrap();
         assert_eq!(cred.value.expose(), "Bearer ya29.x");
-        assert_eq!(cred.expires_at, 1_000_000);
+        assert_eq!(cred.expires_at, 1_003_600);
         assert!(!format!("{cred:?}").contains("ya29"));
-        // Due for refresh at once (the IAM token expires now), but it is not usable anymore either.
-        assert!(matches!(cache.lookup("k", 999_000), Lookup::Use(_, true)));
-        assert!(matches!(cache.lookup("k", 999_000), Lookup::Use(_, false)), "one refresh at a time");
-        assert!(matches!(cache.lookup("k", 1_000_000 - EXPIRY_MARGIN), Lookup::Missing));
+        // Refreshed 300 s (+ jitter 7 % 31) before expiry, unusable in its last 10 s.
+        assert!(matches!(cache.lookup("k", 1_003_292), Lookup::Use(_, false)));
+        assert!(matches!(cache.lookup("k", 1_003_293), Lookup::Use(_, true)));
+        assert!(matches!(cache.lookup("k", 1_003_294), Lookup::Use(_, false)), "one refresh at a time");
+        assert!(matches!(cache.lookup("k", 1_003_590), Lookup::Missing));
 
         // A short-lived credential keeps a sixth of its life as margin and is refreshed before that.
         let cache = CredentialCache::default();

@@ -23,6 +23,10 @@ pub struct ForwardAuth {
     pub cache_secs: i64,
     /// Most decisions kept.
     pub cache_entries: usize,
+    /// Put the route's upstream credential (e.g. `authorization: Bearer …`) in the 200 answer, for the proxy to
+    /// pass upstream. Only safe when the endpoints are reachable by the proxy alone (nginx `internal`, a
+    /// listener on a private interface): anyone who can call them would receive the credential.
+    pub pass_credentials: bool,
 }
 
 impl Default for ForwardAuth {
@@ -33,6 +37,7 @@ impl Default for ForwardAuth {
             envoy_prefix: "/_gatehouse/ext_authz".into(),
             cache_secs: 300,
             cache_entries: 10_000,
+            pass_credentials: false,
         }
     }
 }

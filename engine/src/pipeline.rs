@@ -544,6 +544,9 @@ impl Exchange {
     /// Attaches the route's upstream credential (cached, or obtained now), then forwards or grants.
     fn with_credential(&mut self, after: After) -> Result<Step, Rejection> {
         let rt = self.rt()?;
+        if matches!(after, After::Grant(_)) && !self.engine.config.forward_auth.pass_credentials {
+            return Ok(self.proceed(after, None));
+        }
         let (Some(provider), Some(key)) = (rt.credential.clone(), self.credential_key()) else {
             return Ok(self.proceed(after, None));
         };

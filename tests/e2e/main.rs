@@ -1,6 +1,7 @@
 //! End-to-end tests of the native host: real HTTP on loopback, real signatures, real wasm plugins.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
+mod cloud;
 mod embed;
 mod plugins;
 

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod cloud;
+
 pub const AUD: &str = "api://gatehouse";
 
 pub fn repo(path: &str) -> String {
