@@ -5,6 +5,7 @@ use crate::config::{Config, Issuer, line_containing};
 use crate::error::{ConfigError, Located};
 use crate::policy::{PolicyStore, Source};
 use crate::route::Template;
+use gatehouse_plugin_abi::Hook;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct PluginRef {
     pub sha256: Option<String>,
     /// The configuration passed with every call, as JSON.
     pub config: Arc<[u8]>,
+    /// The hooks the configuration calls: a host refuses a module whose manifest lacks one.
+    pub hooks: Vec<gatehouse_plugin_abi::Hook>,
 }
 
 /// A route, compiled.
@@ -151,66 +154,79 @@ impl Engine {
         }
 
         let mut plugins = BTreeMap::new();
-        let mut add_plugin =
-            |name: &str, needle: &str, default_config: Option<serde_json::Value>| -> Result<(), ConfigError> {
-                if plugins.contains_key(name) {
-                    return Ok(());
+        let mut add_plugin = |name: &str,
+                              needle: &str,
+                              hook: Hook,
+                              default_config: Option<serde_json::Value>|
+         -> Result<(), ConfigError> {
+            if let Some(p) = plugins.get_mut(name) {
+                let p: &mut PluginRef = p;
+                if !p.hooks.contains(&hook) {
+                    p.hooks.push(hook);
                 }
-                let spec = config.plugins.get(name).cloned().unwrap_or_default();
-                let module = match (&spec.builtin, &spec.path) {
-                    (Some(b), None) => ModuleSource::Builtin(b.clone()),
-                    (None, Some(p)) => ModuleSource::Path(resolve(base, p)),
-                    (None, None) if BUILTIN_PLUGINS.contains(&name) => ModuleSource::Builtin(name.to_owned()),
-                    (None, None) => {
-                        return Err(invalid(
-                            needle,
-                            format!("plugin `{name}` is not built in: give it `path` or `builtin` in [plugins.{name}]"),
-                        ));
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(invalid(needle, format!("plugin `{name}` has both `builtin` and `path`")));
-                    }
-                };
-                if let ModuleSource::Builtin(b) = &module
-                    && !BUILTIN_PLUGINS.contains(&b.as_str())
-                {
+                return Ok(());
+            }
+            let spec = config.plugins.get(name).cloned().unwrap_or_default();
+            let module = match (&spec.builtin, &spec.path) {
+                (Some(b), None) => ModuleSource::Builtin(b.clone()),
+                (None, Some(p)) => ModuleSource::Path(resolve(base, p)),
+                (None, None) if BUILTIN_PLUGINS.contains(&name) => ModuleSource::Builtin(name.to_owned()),
+                (None, None) => {
                     return Err(invalid(
                         needle,
-                        format!("`{b}` is not a built-in plugin (built in: {})", BUILTIN_PLUGINS.join(", ")),
+                        format!("plugin `{name}` is not built in: give it `path` or `builtin` in [plugins.{name}]"),
                     ));
                 }
-                if let Some(pin) = &spec.sha256
-                    && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
-                {
-                    return Err(invalid(pin, format!("plugin `{name}`: sha256 must be 64 hex digits")));
+                (Some(_), Some(_)) => {
+                    return Err(invalid(needle, format!("plugin `{name}` has both `builtin` and `path`")));
                 }
-                let cfg = match (spec.config, default_config) {
-                    (Some(v), _) => serde_json::to_value(v).map_err(|e| invalid(needle, e.to_string()))?,
-                    (None, Some(d)) => d,
-                    (None, None) => serde_json::json!({}),
-                };
-                let bytes = serde_json::to_vec(&cfg).map_err(|e| invalid(needle, e.to_string()))?;
-                plugins.insert(
-                    name.to_owned(),
-                    PluginRef {
-                        name: name.to_owned(),
-                        module,
-                        sha256: spec.sha256.map(|s| s.to_ascii_lowercase()),
-                        config: bytes.into(),
-                    },
-                );
-                Ok(())
             };
+            if let ModuleSource::Builtin(b) = &module
+                && !BUILTIN_PLUGINS.contains(&b.as_str())
+            {
+                return Err(invalid(
+                    needle,
+                    format!("`{b}` is not a built-in plugin (built in: {})", BUILTIN_PLUGINS.join(", ")),
+                ));
+            }
+            if let Some(pin) = &spec.sha256
+                && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(invalid(pin, format!("plugin `{name}`: sha256 must be 64 hex digits")));
+            }
+            let cfg = match (spec.config, default_config) {
+                (Some(v), _) => serde_json::to_value(v).map_err(|e| invalid(needle, e.to_string()))?,
+                (None, Some(d)) => d,
+                (None, None) => serde_json::json!({}),
+            };
+            let bytes = serde_json::to_vec(&cfg).map_err(|e| invalid(needle, e.to_string()))?;
+            plugins.insert(
+                name.to_owned(),
+                PluginRef {
+                    name: name.to_owned(),
+                    module,
+                    sha256: spec.sha256.map(|s| s.to_ascii_lowercase()),
+                    config: bytes.into(),
+                    hooks: vec![hook],
+                },
+            );
+            Ok(())
+        };
         let authn_plugin = config.authn.plugin.clone();
-        add_plugin(&authn_plugin, "[authn]", Some(serde_json::json!({ "issuers": config.issuers })))?;
+        add_plugin(
+            &authn_plugin,
+            "[authn]",
+            Hook::Authenticate,
+            Some(serde_json::json!({ "issuers": config.issuers })),
+        )?;
         for r in &config.routes {
             for t in &r.transform {
-                add_plugin(t, t, None)?;
+                add_plugin(t, t, Hook::TransformRequest, None)?;
             }
         }
         for (name, b) in &config.backends {
             if let Some(a) = &b.adapter {
-                add_plugin(a, &format!("[backends.{name}]"), None)?;
+                add_plugin(a, &format!("[backends.{name}]"), Hook::AdaptRequest, None)?;
             }
         }
 

@@ -108,7 +108,44 @@ backend = "demo"
 fn a_good_config_loads() {
     let engine = load(GOOD).unwrap();
     assert_eq!(engine.plugins().count(), 1);
-    assert_eq!(engine.policies.len(), 4);
+    assert_eq!(engine.policies.len(), 5);
+}
+
+#[test]
+fn credential_and_adapter_errors_name_the_line() {
+    let with = |extra: &str, backend: &str| {
+        GOOD.replace(
+            "[backends.demo]\nurl = \"http://127.0.0.1:9\"",
+            &format!("{extra}\n[backends.demo]\nurl = \"http://127.0.0.1:9\"\n{backend}"),
+        )
+    };
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let text = with("", "credential = \"gcp\"");
+    let err = load(&text).unwrap_err();
+    assert!(err.to_string().contains("backend `demo`: unknown credential `gcp`"), "{err}");
+    assert_eq!(err.locations()[0].line, line_of(&text, "[backends.demo]"), "{err}");
+
+    let gcp = "[credentials.gcp]\nkind = \"gcp_workload_identity\"\naudience = \"//iam.googleapis.com/x\"\nsubject_token = { file = \"/t\" }\nsts_url = \"ftp://x\"\n";
+    let text = with(gcp, "credential = \"gcp\"");
+    let err = load(&text).unwrap_err();
+    assert!(err.to_string().contains("credentials `gcp`: sts_url must be an http:// or https:// URL"), "{err}");
+    assert_eq!(err.locations()[0].line, line_of(&text, "[credentials.gcp]"), "{err}");
+
+    let text = with("[credentials.k]\nkind = \"static_key\"\nkey = { vault = \"x\" }\n", "");
+    let err = load(&text).unwrap_err();
+    assert!(err.to_string().contains("vault"), "{err}");
+    assert!(err.locations()[0].line >= line_of(&text, "[credentials.k]"), "{err}");
+
+    let err = load(&with("", "adapter = \"my-adapter\"")).unwrap_err();
+    assert!(err.to_string().contains("plugin `my-adapter` is not built in"), "{err}");
+
+    let ok = load(&with(
+        gcp.replace("ftp://x", "https://sts.example").as_str(),
+        "adapter = \"vertex-ai\"\ncredential = \"gcp\"",
+    ))
+    .unwrap();
+    let adapter = ok.plugins().find(|p| p.name == "vertex-ai").unwrap();
+    assert_eq!(adapter.hooks, vec![gatehouse_plugin_abi::Hook::AdaptRequest]);
 }
 
 #[test]

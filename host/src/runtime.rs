@@ -184,6 +184,13 @@ impl Plugins {
                 pre,
             };
             plugin.manifest = plugin.read_manifest(memory).map_err(invalid)?;
+            if let Some(hook) = r.hooks.iter().find(|h| !plugin.manifest.hooks.contains(h)) {
+                return Err(invalid(format!(
+                    "the configuration uses it for `{}`, which its manifest does not list (it implements: {})",
+                    hook.name(),
+                    plugin.manifest.hooks.iter().map(|h| h.name()).collect::<Vec<_>>().join(", ")
+                )));
+            }
             by_name.insert(r.name.clone(), Arc::new(plugin));
         }
         Ok(Plugins { by_name, timeout, memory })

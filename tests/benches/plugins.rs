@@ -31,7 +31,7 @@ fn load(name: &str, builtin: bool, config: &serde_json::Value) -> (Plugins, std:
     } else {
         ModuleSource::Path(gatehouse_plugin_artifacts::path(name).unwrap().into())
     };
-    let r = PluginRef { name: name.into(), module, sha256: None, config: config.clone() };
+    let r = PluginRef { name: name.into(), module, sha256: None, config: config.clone(), hooks: vec![] };
     (Plugins::load([&r], Duration::from_secs(1), 64 << 20).unwrap(), config)
 }
 

@@ -22,6 +22,7 @@ fn every_plugin_passes_its_corpus_in_wasm() {
                 module: ModuleSource::Path(path.to_string()),
                 sha256: None,
                 config: config.clone().into(),
+                hooks: vec![],
             };
             let plugins = Plugins::load([&r], Duration::from_secs(5), 64 << 20).unwrap();
             let hook: gatehouse_plugin_abi::Hook = serde_json::from_value(case["hook"].clone()).unwrap();
@@ -48,6 +49,7 @@ fn pins_and_imports_are_enforced() {
         module: ModuleSource::Path(path.into()),
         sha256: Some("0".repeat(64)),
         config: b"{}".to_vec().into(),
+        hooks: vec![],
     };
     let err = Plugins::load([&r], Duration::from_secs(1), 1 << 24).err().unwrap().to_string();
     assert!(err.contains("sha256"), "{err}");
@@ -89,6 +91,7 @@ fn garbage_and_importing_modules_are_refused() {
             module: ModuleSource::Path(path.display().to_string()),
             sha256: None,
             config: b"{}".to_vec().into(),
+            hooks: vec![],
         };
         Plugins::load([&r], Duration::from_millis(100), 1 << 20).map(|p| {
             let call = PluginCall {

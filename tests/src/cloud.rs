@@ -241,7 +241,7 @@ impl Google {
             return google_error(404, "NOT_FOUND", "Requested entity was not found.");
         };
         let valid = bearer(&parts).and_then(|t| s.sts_tokens.lock().unwrap().get(&t).copied());
-        if !valid.is_some_and(|exp| super::now() < exp) {
+        if valid.is_none_or(|exp| super::now() >= exp) {
             return google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.");
         }
         if sa != SERVICE_ACCOUNT {
@@ -250,7 +250,7 @@ impl Google {
         let Ok(req_body) = serde_json::from_slice::<Value>(&body) else {
             return google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.");
         };
-        if !req_body["scope"].as_array().is_some_and(|s| !s.is_empty()) {
+        if req_body["scope"].as_array().is_none_or(|s| s.is_empty()) {
             return google_error(400, "INVALID_ARGUMENT", "Scope required.");
         }
         let asked = req_body["lifetime"].as_str().and_then(|l| l.strip_suffix('s')).and_then(|l| l.parse::<i64>().ok());
@@ -268,7 +268,7 @@ impl Google {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         let valid = bearer(&parts).and_then(|t| s.iam_tokens.lock().unwrap().get(&t).copied());
-        if !valid.is_some_and(|exp| super::now() < exp) {
+        if valid.is_none_or(|exp| super::now() >= exp) {
             return google_error(
                 401,
                 "UNAUTHENTICATED",

@@ -28,6 +28,7 @@ pub struct AdaptInput {
 /// Output of the `adapt_request` hook.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a wire type, built once per request
 pub enum AdaptOutput {
     /// Send this request to the backend.
     Request(BackendRequest),
