@@ -147,15 +147,23 @@ pub struct ClientCredentials {
     pub token_url: String,
     /// Client id.
     pub client_id: String,
-    /// Client secret.
-    pub client_secret: SecretSource,
+    /// Client secret (`client_secret_basic`, `client_secret_post`).
+    #[serde(default)]
+    pub client_secret: Option<SecretSource>,
+    /// RSA private key, PEM (PKCS#8 or PKCS#1), for `private_key_jwt` (RFC 7523): the client signs an RS256
+    /// assertion for each token request instead of sending a secret.
+    #[serde(default)]
+    pub private_key: Option<SecretSource>,
+    /// `kid` of the assertion's header (the key's id at the authorization server).
+    #[serde(default)]
+    pub key_id: Option<String>,
     /// Scope, if the endpoint wants one.
     #[serde(default)]
     pub scope: Option<String>,
     /// `audience` parameter (Auth0, Okta custom servers).
     #[serde(default)]
     pub audience: Option<String>,
-    /// `client_secret_basic` (default) or `client_secret_post`.
+    /// `client_secret_basic` (default), `client_secret_post` or `private_key_jwt`.
     #[serde(default = "basic")]
     pub auth_method: String,
     /// Refresh this long before expiry.
@@ -250,10 +258,18 @@ impl ProviderSpec {
         };
         let cc = |c: &ClientCredentials| {
             url(&c.token_url, "token_url")?;
-            if !matches!(c.auth_method.as_str(), "client_secret_basic" | "client_secret_post") {
-                return Err("auth_method must be `client_secret_basic` or `client_secret_post`".into());
+            match (c.auth_method.as_str(), &c.client_secret, &c.private_key) {
+                ("client_secret_basic" | "client_secret_post", Some(_), None) | ("private_key_jwt", None, Some(_)) => {
+                    Ok(())
+                }
+                ("client_secret_basic" | "client_secret_post", _, _) => {
+                    Err(format!("auth_method `{}` needs `client_secret` and no `private_key`", c.auth_method))
+                }
+                ("private_key_jwt", _, _) => {
+                    Err("auth_method `private_key_jwt` needs `private_key` and no `client_secret`".to_owned())
+                }
+                _ => Err("auth_method must be `client_secret_basic`, `client_secret_post` or `private_key_jwt`".into()),
             }
-            Ok::<(), String>(())
         };
         match self {
             ProviderSpec::GcpWorkloadIdentity(g) => {
@@ -424,6 +440,7 @@ pub struct Flow {
     caller_expires: Option<i64>,
     background: bool,
     now: i64,
+    entropy: u64,
     jitter: i64,
     stage: Stage,
     subject: Option<Secret>,
@@ -509,7 +526,7 @@ impl Flow {
             (Stage::Start, ProviderSpec::GcpWorkloadIdentity(g), None) => match &g.subject_token {
                 SubjectToken::File(p) => self.read(Stage::SubjectSecret, SecretSource::File(p.clone())),
                 SubjectToken::Env(v) => self.read(Stage::SubjectSecret, SecretSource::Env(v.clone())),
-                SubjectToken::ClientCredentials(c) => self.read(Stage::SubjectSecret, c.client_secret.clone()),
+                SubjectToken::ClientCredentials(c) => self.read(Stage::SubjectSecret, c.secret_source()),
                 SubjectToken::Caller => {
                     self.subject = self.caller_token.clone();
                     if self.subject.is_none() {
@@ -523,7 +540,7 @@ impl Flow {
                 match &g.subject_token {
                     SubjectToken::ClientCredentials(c) => {
                         self.stage = Stage::SubjectGrant;
-                        Ok(Need::Http(client_credentials_call(c, &value)))
+                        Ok(Need::Http(client_credentials_call(c, &value, self.now, self.entropy)?))
                     }
                     _ => {
                         self.subject = Some(Secret(value));
@@ -602,12 +619,12 @@ impl Flow {
                 Ok(self.succeed(a.client_id.clone(), "authorization".into(), value, self.now + expires_in, i64::MAX))
             }
             (Stage::Start, ProviderSpec::Oauth2ClientCredentials(c), None) => {
-                self.read(Stage::Secret, c.client_secret.clone())
+                self.read(Stage::Secret, c.secret_source())
             }
             (Stage::Secret, ProviderSpec::Oauth2ClientCredentials(c), Some(Fed::Read(r))) => {
-                let secret = r.map_err(|e| format!("cannot read the client secret: {e}"))?;
+                let secret = r.map_err(|e| format!("cannot read the client secret or key: {e}"))?;
                 self.stage = Stage::Token;
-                Ok(Need::Http(client_credentials_call(&c, &secret)))
+                Ok(Need::Http(client_credentials_call(&c, &secret, self.now, self.entropy)?))
             }
             (Stage::Token, ProviderSpec::Oauth2ClientCredentials(c), Some(Fed::Http(r))) => {
                 let (token, expires_in) = oauth_token(r, "the token endpoint")?;
@@ -659,7 +676,35 @@ fn form_post(url: String, body: String, mut headers: Vec<(String, String)>, time
     HttpCall { method: "POST".into(), url, headers, body: body.into_bytes(), timeout_ms }
 }
 
-fn client_credentials_call(c: &ClientCredentials, secret: &str) -> HttpCall {
+impl ClientCredentials {
+    fn secret_source(&self) -> SecretSource {
+        self.private_key.clone().or_else(|| self.client_secret.clone()).unwrap_or(SecretSource::Env(String::new()))
+    }
+}
+
+/// Signs an RFC 7523 client assertion: RS256, `iss` = `sub` = client id, `aud` = token endpoint, five minutes.
+pub fn client_assertion(c: &ClientCredentials, pem: &str, now: i64, entropy: u64) -> Result<String, String> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer};
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem))
+        .map_err(|_| "the private key is not an RSA key in PEM (PKCS#8 or PKCS#1)".to_owned())?;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let mut header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+    if let (Some(kid), Some(h)) = (&c.key_id, header.as_object_mut()) {
+        h.insert("kid".into(), kid.clone().into());
+    }
+    let jti = crate::audit::sha256_hex(format!("{}\n{now}\n{entropy}", c.client_id).as_bytes());
+    let claims = serde_json::json!({"iss": c.client_id, "sub": c.client_id, "aud": c.token_url,
+        "iat": now, "nbf": now, "exp": now + 300, "jti": jti});
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
+    let sig = signer.try_sign(input.as_bytes()).map_err(|_| "signing the client assertion failed".to_owned())?;
+    Ok(format!("{input}.{}", b64(&sig.to_bytes())))
+}
+
+fn client_credentials_call(c: &ClientCredentials, secret: &str, now: i64, entropy: u64) -> Result<HttpCall, String> {
     let mut params: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
     if let Some(s) = &c.scope {
         params.push(("scope", s));
@@ -668,7 +713,13 @@ fn client_credentials_call(c: &ClientCredentials, secret: &str) -> HttpCall {
         params.push(("audience", a));
     }
     let mut headers = Vec::new();
-    if c.auth_method == "client_secret_post" {
+    let assertion;
+    if c.auth_method == "private_key_jwt" {
+        assertion = client_assertion(c, secret, now, entropy)?;
+        params.push(("client_id", &c.client_id));
+        params.push(("client_assertion_type", JWT_BEARER));
+        params.push(("client_assertion", &assertion));
+    } else if c.auth_method == "client_secret_post" {
         params.push(("client_id", &c.client_id));
         params.push(("client_secret", secret));
     } else {
@@ -677,7 +728,7 @@ fn client_credentials_call(c: &ClientCredentials, secret: &str) -> HttpCall {
         let basic = base64::engine::general_purpose::STANDARD.encode(pair);
         headers.push(("authorization".into(), format!("Basic {basic}")));
     }
-    form_post(c.token_url.clone(), form(&params), headers, c.timeout_ms)
+    Ok(form_post(c.token_url.clone(), form(&params), headers, c.timeout_ms))
 }
 
 /// Reads an OAuth 2.0 token response (RFC 6749 §5.1; errors §5.2): the token and its lifetime.
@@ -849,6 +900,7 @@ pub(crate) fn flow(
         caller_expires,
         background,
         now,
+        entropy,
         jitter,
         stage: Stage::Start,
         subject: None,

@@ -471,3 +471,86 @@ async fn forward_auth_grants_carry_the_upstream_credential() {
     assert_eq!(audit[1]["cached"], true, "the decision came from the cache, the credential from its own");
     c.assert_no_secrets_in_audit();
 }
+
+#[tokio::test]
+async fn oauth2_client_credentials_single_flight_and_private_key_jwt() {
+    let idp = IdP::start(&["rsa1"]).await;
+    let backend = Backend::start().await;
+    let oauth = OAuth::start().await;
+    let key = repo("tests/keys/rsa1.pem");
+    let config = format!(
+        r#"
+[server]
+audit = "{{dir}}/audit.log"
+
+[[issuers]]
+issuer = "{iss}"
+audiences = ["{AUD}"]
+
+[policies]
+schema = "{{policies}}/schema.cedarschema"
+files = ["{{policies}}"]
+entities = "{{policies}}/entities.json"
+
+[credentials.basic]
+kind = "oauth2_client_credentials"
+token_url = "http://{oauth}/oauth2/token"
+client_id = "{OAUTH_CLIENT}"
+client_secret = {{ env = "GATEHOUSE_TEST_OAUTH_SECRET" }}
+scope = "models.invoke"
+
+[credentials.signed]
+kind = "oauth2_client_credentials"
+token_url = "http://{oauth}/oauth2/token"
+client_id = "{OAUTH_CLIENT}"
+auth_method = "private_key_jwt"
+private_key = {{ file = "{key}" }}
+key_id = "rsa1"
+scope = "models.invoke"
+
+[backends.model]
+url = "http://{backend}"
+credential = "basic"
+
+[[routes]]
+name = "basic"
+path = "/v1/models/{{model}}:predict"
+action = "predict"
+backend = "model"
+
+[[routes]]
+name = "signed"
+path = "/v1/signed/{{model}}:predict"
+action = "predict"
+backend = "model"
+credential = "signed"
+"#,
+        iss = idp.issuer(),
+        oauth = oauth.addr,
+        backend = backend.addr,
+    );
+    // SAFETY of the test: only this test reads this variable.
+    unsafe { std::env::set_var("GATEHOUSE_TEST_OAUTH_SECRET", OAUTH_SECRET) };
+    let gw = gateway(&config).await;
+    let alice = mint(Algorithm::RS256, "rsa1", &claims(&idp.issuer(), "alice", &["data-scientists"]));
+
+    // Eight concurrent requests on a cold cache: one grant, all eight carry its token.
+    let url = gw.url("/v1/models/demo:predict");
+    let replies = crate::futures_join(8, || {
+        let (url, alice) = (url.clone(), alice.clone());
+        async move { post(&url, Some(&alice), r#"{"instances": [1]}"#).await }
+    })
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["headers"]["authorization"], "Bearer at-0");
+    }
+    assert_eq!(oauth.grants.lock().unwrap().clone(), vec!["client_secret_basic"]);
+
+    let r = post(&gw.url("/v1/signed/demo:predict"), Some(&alice), r#"{"instances": [1]}"#).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["headers"]["authorization"], "Bearer at-1");
+    assert_eq!(oauth.grants.lock().unwrap().clone(), vec!["client_secret_basic", "private_key_jwt"]);
+    let text = gw.audit_text();
+    assert!(!text.contains("at-0") && !text.contains("at-1") && !text.contains(OAUTH_SECRET), "{text}");
+}

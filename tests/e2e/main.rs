@@ -252,7 +252,7 @@ async fn unknown_kid_refetches_once_then_refuses() {
     assert_eq!(w.idp.fetches(), 2);
 }
 
-async fn futures_join<F, Fut>(n: usize, f: F) -> Vec<Reply>
+pub(crate) async fn futures_join<F, Fut>(n: usize, f: F) -> Vec<Reply>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Reply> + Send + 'static,

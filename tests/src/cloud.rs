@@ -542,3 +542,78 @@ mod tests {
         assert_eq!(rfc3339(1_412_262_083), "2014-10-02T15:01:23.123456Z");
     }
 }
+
+/// A generic OAuth 2.0 authorization server's token endpoint (`POST /oauth2/token`, client credentials) that
+/// authenticates clients by `client_secret_basic`, `client_secret_post` or `private_key_jwt` (RFC 7523,
+/// assertion signed with a test key, `aud` = the token endpoint's URL).
+#[derive(Clone)]
+pub struct OAuth {
+    pub addr: SocketAddr,
+    /// Client authentication methods of the grants issued, in order.
+    pub grants: Arc<Mutex<Vec<String>>>,
+}
+
+pub const OAUTH_CLIENT: &str = "gatehouse-svc";
+pub const OAUTH_SECRET: &str = "s3cr3t/with+special=chars";
+
+impl OAuth {
+    pub async fn start() -> OAuth {
+        let grants = Arc::new(Mutex::new(Vec::new()));
+        let addr_cell = Arc::new(Mutex::new(None::<SocketAddr>));
+        let (g, a) = (grants.clone(), addr_cell.clone());
+        let addr = serve(move |req: http::Request<Incoming>| {
+            let (g, a) = (g.clone(), a.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let me = a.lock().unwrap().unwrap();
+                let f = parse_form(&body);
+                let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("").to_owned();
+                if parts.uri.path() != "/oauth2/token" || get("grant_type") != "client_credentials" {
+                    return oauth_error(400, "unsupported_grant_type", "client_credentials only");
+                }
+                if get("scope") != "models.invoke" {
+                    return oauth_error(400, "invalid_scope", "unknown scope");
+                }
+                let basic = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| {
+                    use base64::Engine as _;
+                    let raw = base64::engine::general_purpose::STANDARD.decode(v.strip_prefix("Basic ")?).ok()?;
+                    let pair = String::from_utf8(raw).ok()?;
+                    let (id, secret) = pair.split_once(':')?;
+                    Some((decode(id), decode(secret)))
+                });
+                let method = if let Some((id, secret)) = basic {
+                    (id == OAUTH_CLIENT && secret == OAUTH_SECRET).then_some("client_secret_basic")
+                } else if f.contains_key("client_secret") {
+                    (get("client_id") == OAUTH_CLIENT && get("client_secret") == OAUTH_SECRET)
+                        .then_some("client_secret_post")
+                } else if get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+                    let aud = format!("http://{me}/oauth2/token");
+                    verify_test_jwt(&get("client_assertion"), &[&aud])
+                        .filter(|c| c["iss"] == OAUTH_CLIENT && c["sub"] == OAUTH_CLIENT && c["jti"].is_string())
+                        .map(|_| "private_key_jwt")
+                } else {
+                    None
+                };
+                let Some(method) = method else {
+                    return oauth_error(401, "invalid_client", "Client authentication failed.");
+                };
+                // Slow enough that concurrent requests overlap with the grant under way.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let n = {
+                    let mut g = g.lock().unwrap();
+                    g.push(method.to_owned());
+                    g.len() - 1
+                };
+                json_response(
+                    200,
+                    &json!({"access_token": format!("at-{n}"), "token_type": "Bearer",
+                    "expires_in": "3600"}),
+                )
+            }
+        })
+        .await;
+        *addr_cell.lock().unwrap() = Some(addr);
+        OAuth { addr, grants }
+    }
+}
