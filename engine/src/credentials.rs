@@ -296,6 +296,32 @@ impl ProviderSpec {
         }
     }
 
+    /// The secrets this provider reads, with the field that names each: a Workers bundle binds each to an
+    /// environment binding.
+    pub fn secret_sources(&self) -> Vec<(&'static str, SecretSource)> {
+        let cc = |c: &ClientCredentials| {
+            let mut v = Vec::new();
+            if let Some(s) = &c.client_secret {
+                v.push(("client_secret", s.clone()));
+            }
+            if let Some(s) = &c.private_key {
+                v.push(("private_key", s.clone()));
+            }
+            v
+        };
+        match self {
+            ProviderSpec::GcpWorkloadIdentity(g) => match &g.subject_token {
+                SubjectToken::File(p) => vec![("subject_token", SecretSource::File(p.clone()))],
+                SubjectToken::Env(e) => vec![("subject_token", SecretSource::Env(e.clone()))],
+                SubjectToken::ClientCredentials(c) => cc(c),
+                SubjectToken::Caller => vec![],
+            },
+            ProviderSpec::AzureFederated(a) => vec![("assertion", a.assertion.clone())],
+            ProviderSpec::Oauth2ClientCredentials(c) => cc(c),
+            ProviderSpec::StaticKey(k) => vec![("key", k.key.clone())],
+        }
+    }
+
     fn refresh_before(&self) -> i64 {
         match self {
             ProviderSpec::GcpWorkloadIdentity(g) => g.refresh_before_secs,

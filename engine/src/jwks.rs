@@ -144,3 +144,72 @@ mod tests {
         assert!(v["keys"][0].get("d").is_none());
     }
 }
+
+/// One fetch of an issuer's key set, sans-IO: the discovery document when the `jwks_uri` is not known yet,
+/// then the key set. The host performs each GET it asks for ([`KeyFetch::next`]) and reports the answer.
+#[derive(Debug, Clone)]
+pub struct KeyFetch {
+    issuer: String,
+    discovery: String,
+    jwks_uri: Option<String>,
+    awaiting_discovery: bool,
+}
+
+/// What a [`KeyFetch`] needs next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyStep {
+    /// GET this URL (JSON, small) and report status, `Cache-Control` and body.
+    Get(String),
+    /// The fetch is over: the key set and its `Cache-Control`, or why it failed. `jwks_uri` is the address
+    /// learned from discovery, for the host to remember.
+    Done {
+        /// The outcome.
+        outcome: Result<(Value, Option<String>), String>,
+        /// The key set's address, once known.
+        jwks_uri: Option<String>,
+    },
+}
+
+impl KeyFetch {
+    /// A fetch for `issuer`; `jwks_uri` when configured or learned earlier.
+    pub fn new(issuer: &crate::config::Issuer, jwks_uri: Option<String>) -> KeyFetch {
+        KeyFetch { issuer: issuer.issuer.clone(), discovery: issuer.discovery(), jwks_uri, awaiting_discovery: false }
+    }
+
+    /// The first GET.
+    pub fn start(&mut self) -> KeyStep {
+        match &self.jwks_uri {
+            Some(u) => KeyStep::Get(u.clone()),
+            None => {
+                self.awaiting_discovery = true;
+                KeyStep::Get(self.discovery.clone())
+            }
+        }
+    }
+
+    /// Feeds the answer to the last GET (`Err` when it could not be made).
+    pub fn next(&mut self, answer: Result<(u16, Option<String>, &[u8]), String>) -> KeyStep {
+        let done = |outcome, jwks_uri: &Option<String>| KeyStep::Done { outcome, jwks_uri: jwks_uri.clone() };
+        let (status, cache_control, body) = match answer {
+            Ok(a) => a,
+            Err(e) => return done(Err(e), &self.jwks_uri),
+        };
+        if self.awaiting_discovery {
+            self.awaiting_discovery = false;
+            if status != 200 {
+                return done(Err(format!("discovery answered {status}")), &self.jwks_uri);
+            }
+            return match jwks_uri_from_discovery(body, &self.issuer) {
+                Ok(uri) => {
+                    self.jwks_uri = Some(uri.clone());
+                    KeyStep::Get(uri)
+                }
+                Err(e) => done(Err(e), &self.jwks_uri),
+            };
+        }
+        if status != 200 {
+            return done(Err(format!("the JWKS endpoint answered {status}")), &self.jwks_uri);
+        }
+        done(parse_jwks(body).map(|jwks| (jwks, cache_control)), &self.jwks_uri)
+    }
+}

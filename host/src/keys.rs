@@ -5,7 +5,7 @@
 use crate::client::{HttpClient, get};
 use gatehouse_engine::KeySet;
 use gatehouse_engine::config::Issuer;
-use gatehouse_engine::jwks::{IssuerKeys, Want, jwks_uri_from_discovery, parse_jwks};
+use gatehouse_engine::jwks::{IssuerKeys, KeyFetch, KeyStep, Want};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -78,23 +78,22 @@ impl KeyStore {
 
     async fn fetch(&self, slot: &Slot) -> Result<(serde_json::Value, Option<String>), String> {
         let known = slot.jwks_uri.lock().map_err(|e| e.to_string())?.clone();
-        let uri = match known {
-            Some(u) => u,
-            None => {
-                let doc = get(&self.client, &slot.spec.discovery(), FETCH_TIMEOUT).await?;
-                if doc.status != 200 {
-                    return Err(format!("discovery answered {}", doc.status));
+        let mut fetch = KeyFetch::new(&slot.spec, known);
+        let mut step = fetch.start();
+        loop {
+            step = match step {
+                KeyStep::Get(url) => match get(&self.client, &url, FETCH_TIMEOUT).await {
+                    Ok(f) => fetch.next(Ok((f.status, f.cache_control, &f.body))),
+                    Err(e) => fetch.next(Err(e)),
+                },
+                KeyStep::Done { outcome, jwks_uri } => {
+                    if let (Some(uri), Ok(mut known)) = (jwks_uri, slot.jwks_uri.lock()) {
+                        *known = Some(uri);
+                    }
+                    return outcome;
                 }
-                let uri = jwks_uri_from_discovery(&doc.body, &slot.spec.issuer)?;
-                *slot.jwks_uri.lock().map_err(|e| e.to_string())? = Some(uri.clone());
-                uri
-            }
-        };
-        let res = get(&self.client, &uri, FETCH_TIMEOUT).await?;
-        if res.status != 200 {
-            return Err(format!("the JWKS endpoint answered {}", res.status));
+            };
         }
-        Ok((parse_jwks(&res.body)?, res.cache_control))
     }
 }
 

@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod bundle;
 pub mod client;
 pub mod credentials;
 pub mod demo;
@@ -89,6 +90,9 @@ pub enum HostError {
     /// Listening or opening the audit file failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A Worker bundle could not be written.
+    #[error("{0}")]
+    Bundle(String),
 }
 
 /// The host's clock: wall time for token checks, a monotonic clock for latencies.

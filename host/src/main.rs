@@ -24,6 +24,15 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Write a deployable Cloudflare Worker (engine core, shim, plugins, compiled config, wrangler.toml).
+    Bundle {
+        /// Configuration file.
+        #[arg(long)]
+        config: String,
+        /// Output directory.
+        #[arg(long)]
+        out: String,
+    },
     /// Validate a configuration, its policies against the schema, and its plugins.
     Check {
         /// Configuration file.
@@ -91,6 +100,7 @@ fn run(cli: Cli) -> Result<i32> {
             runtime()?.block_on(serve_demo(listen.unwrap_or_else(|| "127.0.0.1:8080".into())))
         }
         Command::Check { config } => check(&config),
+        Command::Bundle { config, out } => bundle(&config, &out),
         Command::Authorize { config, request } => authorize(&config, &request),
         Command::Test { config, tests } => test(config.as_deref(), tests.as_deref()),
         Command::Token { sub, groups, ttl, aud, listen } => runtime()?.block_on(token(sub, groups, ttl, aud, listen)),
@@ -326,5 +336,22 @@ async fn token(sub: String, groups: String, ttl: i64, aud: String, listen: Strin
     }
     let v: serde_json::Value = serde_json::from_slice(&bytes)?;
     println!("{}", v.get("access_token").and_then(|t| t.as_str()).context("no access_token in the answer")?);
+    Ok(0)
+}
+
+fn bundle(config: &str, out: &str) -> Result<i32> {
+    let report = gatehouse_host::bundle::bundle(config, std::path::Path::new(out))?;
+    let total: u64 = report.files.iter().map(|(_, n)| n).sum();
+    println!("{out}: a Worker of {} files, {total} bytes", report.files.len());
+    for (f, n) in &report.files {
+        println!("  {f:<32} {n:>9}");
+    }
+    for (name, sha) in &report.plugins {
+        println!("  plugin {name}: sha256 {sha}");
+    }
+    for (binding, what) in &report.secrets {
+        println!("  secret: wrangler secret put {binding}   ({what})");
+    }
+    println!("deploy: cd {out} && wrangler deploy");
     Ok(0)
 }

@@ -4,6 +4,7 @@
 mod cloud;
 mod embed;
 mod plugins;
+mod workers;
 
 use gatehouse_tests::*;
 use jsonwebtoken::Algorithm;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod cloud;
+pub mod workerd;
 
 pub const AUD: &str = "api://gatehouse";
 

@@ -162,7 +162,7 @@ pub mod rt {
     ///
     /// # Safety
     /// `ptr`/`len` must come from one call of [`alloc`] and be taken once.
-    unsafe fn take(ptr: i32, len: i32) -> Box<[u8]> {
+    pub unsafe fn take(ptr: i32, len: i32) -> Box<[u8]> {
         let len = usize::try_from(len).unwrap_or(0);
         if len == 0 {
             return Box::default();
