@@ -70,7 +70,8 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
     write("worker.js", SHIM.as_bytes())?;
     write("gatehouse_core.wasm", gatehouse_plugin_artifacts::WORKER_CORE)?;
 
-    let mut imports = String::from("// Written by `gatehouse bundle`; do not edit.\nimport core from \"./gatehouse_core.wasm\";\n");
+    let mut imports =
+        String::from("// Written by `gatehouse bundle`; do not edit.\nimport core from \"./gatehouse_core.wasm\";\n");
     let mut table = String::new();
     let mut plugins = Vec::new();
     for (i, p) in engine.plugins().enumerate() {
@@ -106,7 +107,9 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
         "dirs": *dirs.borrow(),
         "secret_bindings": bindings,
     });
-    let module = format!("{imports}\nexport {{ core }};\nexport const plugins = {{\n{table}}};\nexport const bundle = {data};\n");
+    let module = format!(
+        "{imports}\nexport {{ core }};\nexport const plugins = {{\n{table}}};\nexport const bundle = {data};\n"
+    );
     write("bundle.js", module.as_bytes())?;
 
     let mut wrangler = format!(

@@ -40,7 +40,8 @@ pub fn capnp(dir: &Path, port: u16, secrets: &[(String, String)]) -> String {
         let _ = writeln!(modules, "    (name = \"{m}\", esModule = embed \"{m}\"),");
     }
     let _ = writeln!(modules, "    (name = \"gatehouse_core.wasm\", wasm = embed \"gatehouse_core.wasm\"),");
-    let mut plugins: Vec<_> = std::fs::read_dir(dir.join("plugins")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let mut plugins: Vec<_> =
+        std::fs::read_dir(dir.join("plugins")).unwrap().flatten().map(|e| e.file_name()).collect();
     plugins.sort();
     for p in plugins {
         let p = p.to_string_lossy();
@@ -103,7 +104,13 @@ impl Workerd {
             .spawn()
             .unwrap();
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let out = output.clone();
             std::thread::spawn(move || {
                 use std::io::BufRead;

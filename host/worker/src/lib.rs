@@ -218,7 +218,8 @@ fn load(st: &mut State, cmd: &Value) -> Result<Value, String> {
         serde_json::from_value(cmd.get("dirs").cloned().unwrap_or(json!({}))).map_err(|e| e.to_string())?;
     let read = |p: &str| files.get(p).cloned().ok_or_else(|| format!("{p} is not in the bundle"));
     let list = |p: &str| dirs.get(p).cloned();
-    let engine = Engine::load(text(cmd, "config_file")?, &read, &list, Arc::new(ShimClock)).map_err(|e| e.to_string())?;
+    let engine =
+        Engine::load(text(cmd, "config_file")?, &read, &list, Arc::new(ShimClock)).map_err(|e| e.to_string())?;
     let plugins: Vec<Value> = engine
         .plugins()
         .map(|p| {
