@@ -94,7 +94,11 @@ impl Workerd {
         let port = free_port();
         std::fs::write(dir.join("workerd.capnp"), capnp(dir, port, &secrets)).unwrap();
         let bin = binary();
-        assert!(bin.is_file(), "{} is missing: run `npm ci --prefix tests/workerd` (scripts/test does)", bin.display());
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `npm install --prefix tests/workerd --no-package-lock` (scripts/test does)",
+            bin.display()
+        );
         let mut child = Command::new(bin)
             .current_dir(dir)
             .args(["serve", "workerd.capnp", "--verbose"])
@@ -131,6 +135,11 @@ impl Workerd {
             std::thread::sleep(Duration::from_millis(20));
         }
         Workerd { addr, dir: dir.to_owned(), child, output }
+    }
+
+    /// The workerd process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {
