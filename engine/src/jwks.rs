@@ -19,8 +19,12 @@ pub struct IssuerKeys {
 pub enum Want {
     /// An ordinary request.
     Current,
-    /// A token named a key the set does not hold.
-    UnknownKey,
+    /// A token named a key that set `seen` (a [`IssuerKeys::version`]) does not hold. When the set has changed
+    /// since, the new set is the answer and nothing is fetched.
+    UnknownKey {
+        /// The version that lacked the key.
+        seen: u64,
+    },
 }
 
 impl IssuerKeys {
@@ -29,7 +33,9 @@ impl IssuerKeys {
         let since_last = self.last_fetch.map_or(i64::MAX, |t| now.saturating_sub(t));
         let wanted = match want {
             Want::Current => self.keys.is_none() || now >= self.fresh_until,
-            Want::UnknownKey => since_last >= i64::try_from(min_interval).unwrap_or(i64::MAX),
+            Want::UnknownKey { seen } => {
+                seen == self.version && since_last >= i64::try_from(min_interval).unwrap_or(i64::MAX)
+            }
         };
         // A failed fetch is retried no more often than once a second.
         wanted && since_last >= 1
@@ -123,12 +129,14 @@ mod tests {
         let mut k = IssuerKeys::default();
         k.record(1000, Ok((json!({"keys": [{"kid": "a"}]}), None)), 3600);
         let v = k.version();
-        assert!(!k.should_fetch(1010, Want::UnknownKey, 30));
-        assert!(k.should_fetch(1030, Want::UnknownKey, 30));
+        let seen = k.version();
+        assert!(!k.should_fetch(1010, Want::UnknownKey { seen }, 30));
+        assert!(k.should_fetch(1030, Want::UnknownKey { seen }, 30));
+        assert!(!k.should_fetch(1030, Want::UnknownKey { seen: seen - 1 }, 30), "a newer set is the answer");
         k.record(1030, Err("down".into()), 3600);
         assert_eq!(k.version(), v);
         assert!(k.current().is_some());
-        assert!(!k.should_fetch(1040, Want::UnknownKey, 30));
+        assert!(!k.should_fetch(1040, Want::UnknownKey { seen: k.version() }, 30));
     }
 
     #[test]

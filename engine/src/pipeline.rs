@@ -100,6 +100,8 @@ pub enum Step {
         issuer: usize,
         /// An unknown key was named.
         refresh: bool,
+        /// With `refresh`: the key-set version that lacked the key (see [`crate::jwks::Want::UnknownKey`]).
+        seen: u64,
     },
     /// The request body, at most `limit` bytes. Answer with [`Input::Body`] or [`Input::BodyTooLarge`].
     ReadBody {
@@ -184,6 +186,7 @@ pub struct Exchange {
     issuer: usize,
     identity: Option<Arc<Identity>>,
     token_key: Option<[u8; 32]>,
+    keys_version: u64,
     model: String,
     body: Vec<u8>,
     started: u64,
@@ -250,6 +253,7 @@ impl Engine {
             issuer: 0,
             identity: None,
             token_key: None,
+            keys_version: 0,
             model: String::new(),
             body: Vec::new(),
             started: now,
@@ -315,7 +319,7 @@ impl Exchange {
                 None => {}
             }
         }
-        Ok(self.enter(Phase::Keys { refresh: false }, Step::FetchKeys { issuer, refresh: false }))
+        Ok(self.enter(Phase::Keys { refresh: false }, Step::FetchKeys { issuer, refresh: false, seen: 0 }))
     }
 
     fn rt(&self) -> Result<Arc<RouteRuntime>, Rejection> {
@@ -356,6 +360,7 @@ impl Exchange {
         match (self.phase, input) {
             (Phase::Keys { refresh }, Input::Keys(keys)) => {
                 let Some(keys) = keys else { return Err(Rejection::KeysUnavailable) };
+                self.keys_version = keys.version;
                 let now = self.engine.clock().unix_secs();
                 if self.engine.config.server.token_cache_entries > 0 {
                     let key = token_cache::key(&self.token, self.issuer, keys.version);
@@ -376,7 +381,7 @@ impl Exchange {
                 let plugin = self.engine.authn_plugin.clone();
                 match decode::<AuthnVerdict>(&plugin, out)? {
                     AuthnVerdict::Refusal(r) if r.unknown_key && !refreshed => {
-                        let step = Step::FetchKeys { issuer: self.issuer, refresh: true };
+                        let step = Step::FetchKeys { issuer: self.issuer, refresh: true, seen: self.keys_version };
                         Ok(self.enter(Phase::Keys { refresh: true }, step))
                     }
                     AuthnVerdict::Refusal(r) => Err(Rejection::InvalidToken(r)),

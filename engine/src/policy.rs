@@ -62,6 +62,7 @@ pub struct Question {
 
 /// Schema, policies and entities, validated.
 pub struct PolicyStore {
+    types: Types,
     index: crate::policy_index::PolicyIndex,
     entities: Entities,
     authorizer: Authorizer,
@@ -165,6 +166,7 @@ impl PolicyStore {
             return Err(ConfigError::Policies(problems));
         }
         Ok(PolicyStore {
+            types: Types::new().map_err(|e| ConfigError::Policies(vec![Located::new("schema", 1, e)]))?,
             index: crate::policy_index::PolicyIndex::new(&set),
             entities,
             authorizer: Authorizer::new(),
@@ -196,18 +198,19 @@ impl PolicyStore {
     }
 
     fn decide(&self, q: &Question) -> Result<Decision, String> {
+        let t = &self.types;
         let principal_type = match q.kind {
-            PrincipalKind::User => "User",
-            PrincipalKind::Service => "Service",
+            PrincipalKind::User => &t.user,
+            PrincipalKind::Service => &t.service,
         };
-        let principal = uid(principal_type, &q.principal)?;
-        let action = uid("Action", &q.action)?;
-        let resource = uid("Model", &q.resource)?;
+        let principal = EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new(&q.principal));
+        let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(&q.action));
+        let resource = EntityUid::from_type_name_and_id(t.model.clone(), EntityId::new(&q.resource));
 
         let mut extra = Vec::with_capacity(q.groups.len() + 2);
         let mut parents = HashSet::with_capacity(q.groups.len());
         for g in &q.groups {
-            let group = uid("Group", g)?;
+            let group = EntityUid::from_type_name_and_id(t.group.clone(), EntityId::new(g));
             if self.entities.get(&group).is_none() {
                 extra.push(Entity::with_uid(group.clone()));
             }
@@ -239,7 +242,24 @@ impl PolicyStore {
     }
 }
 
-fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
-    let ty = EntityTypeName::from_str(&format!("{NAMESPACE}::{type_name}")).map_err(|e| e.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+/// The entity type names of requests, parsed once (parsing a name runs Cedar's parser).
+struct Types {
+    user: EntityTypeName,
+    service: EntityTypeName,
+    group: EntityTypeName,
+    action: EntityTypeName,
+    model: EntityTypeName,
+}
+
+impl Types {
+    fn new() -> Result<Types, String> {
+        let t = |name: &str| EntityTypeName::from_str(&format!("{NAMESPACE}::{name}")).map_err(|e| e.to_string());
+        Ok(Types {
+            user: t("User")?,
+            service: t("Service")?,
+            group: t("Group")?,
+            action: t("Action")?,
+            model: t("Model")?,
+        })
+    }
 }

@@ -5,6 +5,7 @@ use crate::client::HttpClient;
 use crate::keys::KeyStore;
 use crate::runtime::Plugins;
 use bytes::Bytes;
+use gatehouse_engine::jwks::Want;
 use gatehouse_engine::{AfterUpstream, Answer, Engine, Exchange, Input, RequestHead, Step, Upstream};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
@@ -151,7 +152,10 @@ impl Gateway {
     {
         loop {
             let input = match step {
-                Step::FetchKeys { issuer, refresh } => Input::Keys(loaded.keys.keys(issuer, refresh).await),
+                Step::FetchKeys { issuer, refresh, seen } => {
+                    let want = if refresh { Want::UnknownKey { seen } } else { Want::Current };
+                    Input::Keys(loaded.keys.keys(issuer, want).await)
+                }
                 Step::ReadBody { limit } => match body.take() {
                     Some(b) => read_body(b, limit).await,
                     None => Input::Body(Vec::new()),

@@ -45,9 +45,8 @@ impl KeyStore {
 
     /// Keys of issuer `index`: cached, or fetched now (once for all waiting requests). `refresh` means a
     /// token named an unknown key. `None` when no keys were ever obtained.
-    pub async fn keys(&self, index: usize, refresh: bool) -> Option<KeySet> {
+    pub async fn keys(&self, index: usize, want: Want) -> Option<KeySet> {
         let slot = self.slots.get(index)?;
-        let want = if refresh { Want::UnknownKey } else { Want::Current };
         let interval = slot.spec.jwks_refresh_interval_secs;
         let attempts_seen = {
             let st = slot.state.lock().ok()?;

@@ -124,11 +124,11 @@ async function fetchWithDeadline(url, init, ms) {
   }
 }
 
-async function keys(issuer, refresh) {
+async function keys(issuer, refresh, seen) {
   let flight = keyFlights.get(issuer);
   if (!flight) {
     flight = (async () => {
-      let r = call({ op: "keys", issuer, refresh });
+      let r = call({ op: "keys", issuer, refresh, seen });
       while (r.get) {
         try {
           const res = await fetchWithDeadline(r.get, { headers: { accept: "application/json" } }, 5000);
@@ -216,7 +216,7 @@ async function handle(request, env, ctx) {
   for (;;) {
     let input;
     if (step.fetch_keys) {
-      input = await keys(step.fetch_keys.issuer, step.fetch_keys.refresh);
+      input = await keys(step.fetch_keys.issuer, step.fetch_keys.refresh, step.fetch_keys.seen);
     } else if (step.read_body) {
       const r = await readLimited(request.body, step.read_body.limit).catch(() => ({ unreadable: true }));
       input = r.tooLarge ? { body_too_large: true } : r.unreadable ? { body_unreadable: true } : { body_b64: toBase64(r.bytes) };

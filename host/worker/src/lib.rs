@@ -161,7 +161,7 @@ fn command(st: &mut State, cmd: &Value) -> Result<Value, String> {
             let spec = &engine.issuers.get(i).ok_or("no such issuer")?.spec;
             let slot = st.issuers.get_mut(i).ok_or("no such issuer")?;
             let want = if cmd.get("refresh").and_then(Value::as_bool) == Some(true) {
-                Want::UnknownKey
+                Want::UnknownKey { seen: cmd.get("seen").and_then(Value::as_u64).unwrap_or(0) }
             } else {
                 Want::Current
             };
@@ -304,7 +304,9 @@ fn step_json(st: &mut State, ex: u64, step: Step) -> Value {
         _ => None,
     };
     match step {
-        Step::FetchKeys { issuer, refresh } => json!({"fetch_keys": {"issuer": issuer, "refresh": refresh}}),
+        Step::FetchKeys { issuer, refresh, seen } => {
+            json!({"fetch_keys": {"issuer": issuer, "refresh": refresh, "seen": seen}})
+        }
         Step::ReadBody { limit } => json!({"read_body": {"limit": limit}}),
         Step::CallPlugin(c) => json!({"call_plugin": {
             "plugin": c.plugin, "hook": c.hook.name(),

@@ -1,0 +1,49 @@
+-- wrk script for bench/run: POSTs a prediction with a bearer token from TOKENS (one per line, taken in turn
+-- across all connections: with 1,000 tokens they rotate, with the fresh set each request gets a new one),
+-- optionally paced by DELAY_MS per request and connection, and prints one JSON line of figures at the end.
+local tokens = {}
+local file = os.getenv("TOKENS")
+if file and file ~= "" then
+  for line in io.lines(file) do
+    if #line > 0 then tokens[#tokens + 1] = line end
+  end
+end
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
+local counter = 0
+local thread_id = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("thread_id", thread_id)
+  thread_id = thread_id + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  counter = thread_id
+end
+
+wrk.method = "POST"
+wrk.body = '{"instances": [[1.0, 2.0, 3.0]], "metadata": {"user_email": "a@example.com"}}'
+wrk.headers["content-type"] = "application/json"
+
+function request()
+  if #tokens > 0 then
+    -- two wrk threads take alternate tokens
+    counter = counter + 2
+    wrk.headers["authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]
+  end
+  return wrk.format()
+end
+
+function delay()
+  return delay_ms
+end
+
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "rps": %.1f, "p50_us": %d, "p99_us": %d, "errors": %d, "non2xx": %d}\n',
+    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), errors, summary.errors.status))
+end

@@ -1,0 +1,65 @@
+//! Writes the fixtures of `bench/run`: RS256 tokens (1,000 for rotation and a set where every request gets a
+//! new one), the public key for HAProxy, the JWKS for Gatehouse, and 1,000 Cedar policies beside the examples.
+//!
+//! `cargo run --release -p gatehouse-tests --bin bench-fixtures -- DIR ISSUER FRESH_COUNT`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use gatehouse_tests::*;
+use jsonwebtoken::Algorithm;
+use std::fmt::Write as _;
+
+fn tokens(issuer: &str, prefix: &str, n: usize) -> String {
+    let chunks: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut out = String::new();
+                    for i in (part..n).step_by(2) {
+                        let mut c = claims(issuer, &format!("{prefix}-{i}"), &["data-scientists"]);
+                        c["exp"] = serde_json::json!(now() + 6 * 3600);
+                        out.push_str(&mint(Algorithm::RS256, "rsa1", &c));
+                        out.push('\n');
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    chunks.concat()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (dir, issuer) = (std::path::PathBuf::from(&args[1]), &args[2]);
+    let fresh: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(dir.join("tokens-rotating.txt"), tokens(issuer, "user", 1000)).unwrap();
+    std::fs::write(dir.join("tokens-fresh.txt"), tokens(issuer, "fresh", fresh)).unwrap();
+    std::fs::write(dir.join("jwks.json"), jwks(&["rsa1"]).to_string()).unwrap();
+    // The example policies, and 1,000 more in the shape of a real tenant list: one permit per user and model,
+    // group rules and a few forbids (none of which the benchmark's callers match).
+    std::fs::copy(repo("policies/models.cedar"), dir.join("policies/models.cedar")).unwrap();
+    let mut text = String::new();
+    for i in 0..1000 {
+        let _ = match i % 10 {
+            0 => writeln!(
+                text,
+                "@id(\"g{i}\") permit(principal in Gatehouse::Group::\"team-{}\", action == Gatehouse::Action::\"predict\", resource == Gatehouse::Model::\"m{}\");",
+                i % 50,
+                i % 200
+            ),
+            1 => writeln!(
+                text,
+                "@id(\"f{i}\") forbid(principal == Gatehouse::User::\"u{i}\", action, resource) when {{ context.payload_size > 100 }};"
+            ),
+            _ => writeln!(
+                text,
+                "@id(\"p{i}\") permit(principal == Gatehouse::User::\"u{i}\", action == Gatehouse::Action::\"predict\", resource == Gatehouse::Model::\"m{}\");",
+                i % 200
+            ),
+        };
+    }
+    std::fs::write(dir.join("policies/tenants.cedar"), text).unwrap();
+    println!("fixtures in {}: 1,000 rotating tokens, {fresh} fresh tokens, 1,004 policies", dir.display());
+}
