@@ -63,6 +63,8 @@ pub struct Question {
 /// Schema, policies and entities, validated.
 pub struct PolicyStore {
     types: Types,
+    /// `ip(...)` values by address: Cedar parses the extension's name for every `new_ip`.
+    ips: std::sync::Mutex<HashMap<String, RestrictedExpression>>,
     index: crate::policy_index::PolicyIndex,
     entities: Entities,
     authorizer: Authorizer,
@@ -166,6 +168,7 @@ impl PolicyStore {
             return Err(ConfigError::Policies(problems));
         }
         Ok(PolicyStore {
+            ips: Default::default(),
             types: Types::new().map_err(|e| ConfigError::Policies(vec![Located::new("schema", 1, e)]))?,
             index: crate::policy_index::PolicyIndex::new(&set),
             entities,
@@ -228,7 +231,14 @@ impl PolicyStore {
         // The per-request entities and context are built here to the schema's shape, and the static ones were
         // validated at load, so evaluation skips re-validating them (it costs more than the decision).
         let entities = self.entities.clone().add_entities(extra, None).map_err(|e| format!("entities: {e}"))?;
-        let context = Context::from_json_value(q.context.clone(), None).map_err(|e| format!("context: {e}"))?;
+        // Built directly, not through Cedar's JSON reader (which tries untagged variants and builds errors).
+        let pairs = match &q.context {
+            serde_json::Value::Object(m) => {
+                m.iter().map(|(k, v)| Ok((k.clone(), restricted(v, &self.ips)?))).collect::<Result<Vec<_>, String>>()?
+            }
+            _ => return Err("context: not a record".into()),
+        };
+        let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         let request = cedar_policy::Request::new(principal, action, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
         let response = self.index.is_authorized(&self.authorizer, &request, &entities);
@@ -240,6 +250,48 @@ impl PolicyStore {
             errors: response.diagnostics().errors().map(ToString::to_string).collect(),
         })
     }
+}
+
+/// A context value as a Cedar expression: strings, integers, booleans, sets, records, and the JSON escape
+/// `{"__extn": {"fn": "ip", "arg": "..."}}` for IP addresses.
+fn restricted(
+    v: &serde_json::Value,
+    ips: &std::sync::Mutex<HashMap<String, RestrictedExpression>>,
+) -> Result<RestrictedExpression, String> {
+    use serde_json::Value;
+    Ok(match v {
+        Value::String(s) => RestrictedExpression::new_string(s.clone()),
+        Value::Bool(b) => RestrictedExpression::new_bool(*b),
+        Value::Number(n) => {
+            RestrictedExpression::new_long(n.as_i64().ok_or_else(|| format!("context: {n} is not a Long"))?)
+        }
+        Value::Array(a) => {
+            RestrictedExpression::new_set(a.iter().map(|v| restricted(v, ips)).collect::<Result<Vec<_>, _>>()?)
+        }
+        Value::Object(m) => match (m.get("__extn"), m.len()) {
+            (Some(e), 1) => match (e.get("fn").and_then(Value::as_str), e.get("arg").and_then(Value::as_str)) {
+                (Some("ip"), Some(arg)) => {
+                    let Ok(mut cache) = ips.lock() else { return Ok(RestrictedExpression::new_ip(arg)) };
+                    if let Some(e) = cache.get(arg) {
+                        return Ok(e.clone());
+                    }
+                    if cache.len() >= 4096 {
+                        cache.clear();
+                    }
+                    let e = RestrictedExpression::new_ip(arg);
+                    cache.insert(arg.to_owned(), e.clone());
+                    e
+                }
+                (Some("decimal"), Some(arg)) => RestrictedExpression::new_decimal(arg),
+                _ => return Err("context: unsupported extension value".into()),
+            },
+            _ => RestrictedExpression::new_record(
+                m.iter().map(|(k, v)| Ok((k.clone(), restricted(v, ips)?))).collect::<Result<Vec<_>, String>>()?,
+            )
+            .map_err(|e| format!("context: {e}"))?,
+        },
+        Value::Null => return Err("context: null has no Cedar value".into()),
+    })
 }
 
 /// The entity type names of requests, parsed once (parsing a name runs Cedar's parser).

@@ -290,3 +290,83 @@ pub mod adapt {
         ErrorOutput { status, title: title.to_owned(), detail, retry_after }
     }
 }
+
+/// The allocator of plugin modules (wasm32 only): a bump allocator over a 4 MiB arena in `.bss`.
+///
+/// A plugin instance serves one call and is discarded (ABI v1: hosts instantiate per call), so nothing needs
+/// freeing, and because the arena is part of the module's initial memory a call never executes `memory.grow`.
+/// Growing would cost the host an `mprotect` (and a TLB shootdown) on every call, when a pooled instance slot is
+/// grown and then shrunk back; Rust's default wasm allocator grows memory for every new segment. Past the arena,
+/// fresh pages come from `memory.grow`. The last allocation can be freed or grown in place, which keeps
+/// serialization buffers from copying.
+#[cfg(all(target_arch = "wasm32", feature = "bump-allocator"))]
+pub mod bump {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::cell::UnsafeCell;
+
+    const ARENA: usize = 4 << 20;
+
+    #[repr(C, align(16))]
+    struct Arena(UnsafeCell<[u8; ARENA]>, UnsafeCell<usize>);
+
+    // SAFETY: wasm32 plugins are single-threaded.
+    unsafe impl Sync for Arena {}
+
+    static MEM: Arena = Arena(UnsafeCell::new([0; ARENA]), UnsafeCell::new(0));
+
+    /// The allocator.
+    pub struct Bump;
+
+    fn base() -> usize {
+        MEM.0.get() as usize
+    }
+
+    // SAFETY: single-threaded; every pointer handed out is inside the arena or in pages obtained from
+    // `memory.grow`, aligned as asked, and never handed out twice while live.
+    unsafe impl GlobalAlloc for Bump {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: single-threaded access to the cursor.
+            let next = unsafe { &mut *MEM.1.get() };
+            let start = (base() + *next + layout.align() - 1) & !(layout.align() - 1);
+            let end = start + layout.size();
+            if end <= base() + ARENA {
+                *next = end - base();
+                return start as *mut u8;
+            }
+            let pages = (layout.size() + layout.align()).div_ceil(65536);
+            let old = core::arch::wasm32::memory_grow(0, pages);
+            if old == usize::MAX {
+                return core::ptr::null_mut();
+            }
+            ((old * 65536 + layout.align() - 1) & !(layout.align() - 1)) as *mut u8
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: single-threaded access to the cursor.
+            let next = unsafe { &mut *MEM.1.get() };
+            if ptr as usize + layout.size() == base() + *next {
+                *next = ptr as usize - base();
+            }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: single-threaded access to the cursor.
+            let next = unsafe { &mut *MEM.1.get() };
+            let p = ptr as usize;
+            if p + layout.size() == base() + *next && p + new_size <= base() + ARENA {
+                *next = p + new_size - base();
+                return ptr;
+            }
+            // SAFETY: the layout is valid (same alignment, non-zero size checked by the caller's contract).
+            let new = unsafe { self.alloc(Layout::from_size_align_unchecked(new_size, layout.align())) };
+            if !new.is_null() {
+                // SAFETY: both regions are valid for the smaller size and do not overlap.
+                unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            }
+            new
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Bump = Bump;
+}
