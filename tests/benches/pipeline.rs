@@ -9,7 +9,6 @@
 
 use gatehouse_tests::bench::{Figures, PATH, Shape, load, print};
 use gatehouse_tests::*;
-use jsonwebtoken::Algorithm;
 use std::sync::Arc;
 
 fn config(iss: &str, backend: std::net::SocketAddr, token_cache: usize) -> String {
@@ -47,15 +46,7 @@ fn main() {
         let backend = Backend::start().await;
         let cached = gateway(&config(&idp.issuer(), backend.addr, 10_000)).await;
         let uncached = gateway(&config(&idp.issuer(), backend.addr, 0)).await;
-        let tokens: Arc<Vec<String>> = Arc::new(
-            (0..1000)
-                .map(|i| {
-                    let mut c = claims(&idp.issuer(), &format!("user-{i}"), &["data-scientists"]);
-                    c["exp"] = serde_json::json!(now() + 3600);
-                    mint(Algorithm::RS256, "rsa1", &c)
-                })
-                .collect(),
-        );
+        let tokens = gatehouse_tests::bench::rotating_tokens(&idp.issuer(), 1000);
         let none = Arc::new(Vec::new());
         let direct_url = format!("http://{}{PATH}", backend.addr);
         // Warm up: connection pools, key fetch, compiled code, and every token verified once.

@@ -9,8 +9,6 @@
 use gatehouse_tests::bench::{BODY, PATH, Shape, load, print};
 use gatehouse_tests::workerd::Workerd;
 use gatehouse_tests::*;
-use jsonwebtoken::Algorithm;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// CPU seconds (user + system) the process has used, from /proc.
@@ -68,15 +66,7 @@ backend = "model"
         let out = dir.join("worker");
         let w = tokio::task::spawn_blocking(move || Workerd::start(&file_s, &out)).await.unwrap();
         let listening = t0.elapsed();
-        let tokens: Arc<Vec<String>> = Arc::new(
-            (0..1000)
-                .map(|i| {
-                    let mut c = claims(&idp.issuer(), &format!("user-{i}"), &["data-scientists"]);
-                    c["exp"] = serde_json::json!(now() + 3600);
-                    mint(Algorithm::RS256, "rsa1", &c)
-                })
-                .collect(),
-        );
+        let tokens = gatehouse_tests::bench::rotating_tokens(&idp.issuer(), 1000);
         let t1 = Instant::now();
         let first = post(&w.url(PATH), Some(&tokens[0]), BODY).await;
         assert_eq!(first.status, 200, "{}", first.body);

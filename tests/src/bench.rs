@@ -76,3 +76,17 @@ pub fn print(name: &str, f: &Figures) {
         f.p99.as_secs_f64() * 1e6
     );
 }
+
+/// `n` RS256 tokens (subjects `user-0`..) of group `data-scientists`, valid for an hour: the rotation set of the
+/// benchmarks.
+pub fn rotating_tokens(issuer: &str, n: usize) -> Arc<Vec<String>> {
+    Arc::new(
+        (0..n)
+            .map(|i| {
+                let mut c = super::claims(issuer, &format!("user-{i}"), &["data-scientists"]);
+                c["exp"] = serde_json::json!(super::now() + 3600);
+                super::mint(jsonwebtoken::Algorithm::RS256, "rsa1", &c)
+            })
+            .collect(),
+    )
+}

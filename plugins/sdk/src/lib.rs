@@ -72,6 +72,38 @@ pub trait Plugin {
     }
 }
 
+/// Runs every case of a plugin's corpus (`tests/corpus/*.json`: `{"hook", "config", "input", "expect"}`)
+/// natively through `P`; returns the cases whose envelope differs from `expect` (file and what came out), or why
+/// the corpus could not be read. The e2e suite runs the same files through the wasm module.
+pub fn run_corpus<P: Plugin>(dir: &str) -> Result<Vec<String>, String> {
+    use serde_json::Value;
+    let mut failures = Vec::new();
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir).map_err(|e| format!("{dir}: {e}"))?.flatten().map(|e| e.path()).collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{dir} holds no case"));
+    }
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let case: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let part = |k: &str| serde_json::to_vec(case.get(k).unwrap_or(&Value::Null)).unwrap_or_default();
+        let (cfg, input) = (part("config"), part("input"));
+        let got = match case.get("hook").and_then(Value::as_str) {
+            Some("authenticate") => serde_json::to_value(rt::call(&cfg, &input, P::authenticate)),
+            Some("transform_request") => serde_json::to_value(rt::call(&cfg, &input, P::transform_request)),
+            Some("adapt_request") => serde_json::to_value(rt::call(&cfg, &input, P::adapt_request)),
+            Some("adapt_error") => serde_json::to_value(rt::call(&cfg, &input, P::adapt_error)),
+            other => return Err(format!("{}: unknown hook {other:?}", path.display())),
+        }
+        .map_err(|e| e.to_string())?;
+        if Some(&got) != case.get("expect") {
+            failures.push(format!("{}: got {got}", path.display()));
+        }
+    }
+    Ok(failures)
+}
+
 /// Builds a [`Manifest`] whose version is the plugin crate's.
 pub fn manifest(name: &str, kind: &str, hooks: &[Hook], config: serde_json::Value) -> Manifest {
     Manifest { name: name.to_owned(), version: env_version(), kind: kind.to_owned(), hooks: hooks.to_vec(), config }
