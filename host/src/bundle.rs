@@ -54,7 +54,7 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
     let engine = Engine::load(config, &read, &list, Arc::new(crate::SystemClock::new()))?;
     // The same checks as `serve`: imports, manifests, hooks, pins.
     let server = &engine.config.server;
-    crate::runtime::Plugins::load(
+    let loaded = crate::runtime::Plugins::load(
         engine.plugins(),
         std::time::Duration::from_millis(server.plugin_timeout_ms),
         server.plugin_memory_bytes,
@@ -85,7 +85,7 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
         write(&file, &bytes)?;
         let _ = writeln!(imports, "import p{i} from \"./{file}\";");
         let _ = writeln!(table, "  {}: p{i},", serde_json::to_string(&p.name).unwrap_or_default());
-        plugins.push((p.name.clone(), crate::runtime::hex(&sha2_digest(&bytes))));
+        plugins.push((p.name.clone(), loaded.get(&p.name).map(|l| l.sha256.clone()).unwrap_or_default()));
     }
 
     let mut bindings = BTreeMap::new();
@@ -126,9 +126,4 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
     write("wrangler.toml", wrangler.as_bytes())?;
     report.plugins = plugins;
     Ok(report)
-}
-
-fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).to_vec()
 }

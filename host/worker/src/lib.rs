@@ -88,11 +88,6 @@ pub unsafe extern "C" fn gh_call(ptr: i32, len: i32) -> i64 {
     gatehouse_plugin_sdk::rt::publish_json(&envelope)
 }
 
-/// Runs one command (also the native entry point of this crate's tests).
-pub fn run(cmd: &Value) -> Result<Value, String> {
-    STATE.with(|s| command(&mut s.borrow_mut(), cmd))
-}
-
 fn field<'a>(cmd: &'a Value, name: &str) -> Result<&'a Value, String> {
     cmd.get(name).ok_or_else(|| format!("missing `{name}`"))
 }
