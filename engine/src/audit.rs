@@ -83,5 +83,16 @@ pub struct AuditRecord {
 
 /// Hex SHA-256 of `value`.
 pub fn sha256_hex(value: &[u8]) -> String {
-    sha2::Sha256::digest(value).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(value))
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        for nibble in [b >> 4, b & 15] {
+            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
+    }
+    out
 }

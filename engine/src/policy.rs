@@ -65,6 +65,8 @@ pub struct PolicyStore {
     types: Types,
     /// `ip(...)` values by address: Cedar parses the extension's name for every `new_ip`.
     ips: std::sync::Mutex<HashMap<String, RestrictedExpression>>,
+    /// The entities of recent principals (see `request_entities`).
+    request_entities: std::sync::Mutex<HashMap<EntitiesKey, std::sync::Arc<Entities>>>,
     index: crate::policy_index::PolicyIndex,
     entities: Entities,
     authorizer: Authorizer,
@@ -169,6 +171,7 @@ impl PolicyStore {
         }
         Ok(PolicyStore {
             ips: Default::default(),
+            request_entities: Default::default(),
             types: Types::new().map_err(|e| ConfigError::Policies(vec![Located::new("schema", 1, e)]))?,
             index: crate::policy_index::PolicyIndex::new(&set),
             entities,
@@ -200,16 +203,23 @@ impl PolicyStore {
         }
     }
 
-    fn decide(&self, q: &Question) -> Result<Decision, String> {
+    /// The static entities plus the request's own: the principal (attributes, groups as parents), groups
+    /// the entity file does not list, and an unknown model. Cached per principal: building them clones the
+    /// static set and recomputes the hierarchy, which cost more than the decision, and callers repeat.
+    fn request_entities(
+        &self,
+        q: &Question,
+        principal: &EntityUid,
+        resource: &EntityUid,
+    ) -> Result<std::sync::Arc<Entities>, String> {
+        let unknown_resource = self.entities.get(resource).is_none();
+        let key = EntitiesKey::of(q, unknown_resource);
+        if let Ok(cache) = self.request_entities.lock()
+            && let Some(e) = cache.get(&key)
+        {
+            return Ok(e.clone());
+        }
         let t = &self.types;
-        let principal_type = match q.kind {
-            PrincipalKind::User => &t.user,
-            PrincipalKind::Service => &t.service,
-        };
-        let principal = EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new(&q.principal));
-        let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(&q.action));
-        let resource = EntityUid::from_type_name_and_id(t.model.clone(), EntityId::new(&q.resource));
-
         let mut extra = Vec::with_capacity(q.groups.len() + 2);
         let mut parents = HashSet::with_capacity(q.groups.len());
         for g in &q.groups {
@@ -225,12 +235,33 @@ impl PolicyStore {
             attrs.insert("email".to_owned(), RestrictedExpression::new_string(email.clone()));
         }
         extra.push(Entity::new(principal.clone(), attrs, parents).map_err(|e| format!("principal: {e}"))?);
-        if self.entities.get(&resource).is_none() {
+        if unknown_resource {
             extra.push(Entity::with_uid(resource.clone()));
         }
-        // The per-request entities and context are built here to the schema's shape, and the static ones were
-        // validated at load, so evaluation skips re-validating them (it costs more than the decision).
-        let entities = self.entities.clone().add_entities(extra, None).map_err(|e| format!("entities: {e}"))?;
+        // The per-request entities are built here to the schema's shape, and the static ones were validated at
+        // load, so evaluation skips re-validating them (it costs more than the decision).
+        let entities =
+            std::sync::Arc::new(self.entities.clone().add_entities(extra, None).map_err(|e| format!("entities: {e}"))?);
+        if let Ok(mut cache) = self.request_entities.lock() {
+            if cache.len() >= REQUEST_ENTITIES_CACHED {
+                cache.clear();
+            }
+            cache.insert(key, entities.clone());
+        }
+        Ok(entities)
+    }
+
+    fn decide(&self, q: &Question) -> Result<Decision, String> {
+        let t = &self.types;
+        let principal_type = match q.kind {
+            PrincipalKind::User => &t.user,
+            PrincipalKind::Service => &t.service,
+        };
+        let principal = EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new(&q.principal));
+        let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(&q.action));
+        let resource = EntityUid::from_type_name_and_id(t.model.clone(), EntityId::new(&q.resource));
+
+        let entities = self.request_entities(q, &principal, &resource)?;
         // Built directly, not through Cedar's JSON reader (which tries untagged variants and builds errors).
         let pairs = match &q.context {
             serde_json::Value::Object(m) => {
@@ -241,7 +272,7 @@ impl PolicyStore {
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         let request = cedar_policy::Request::new(principal, action, resource, context, None)
             .map_err(|e| format!("request: {e}"))?;
-        let response = self.index.is_authorized(&self.authorizer, &request, &entities);
+        let response = self.index.is_authorized(&self.authorizer, &request, entities.as_ref());
         let mut policy_ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         policy_ids.sort();
         Ok(Decision {
@@ -294,6 +325,33 @@ fn restricted(
     })
 }
 
+/// How many principals' entity sets are kept (the cache starts over when full).
+const REQUEST_ENTITIES_CACHED: usize = 4096;
+
+/// Everything `request_entities` builds from: the principal's facts, and the model when it must be added.
+#[derive(PartialEq, Eq, Hash)]
+struct EntitiesKey {
+    kind: PrincipalKind,
+    principal: String,
+    issuer: String,
+    email: Option<String>,
+    groups: Vec<String>,
+    resource: Option<String>,
+}
+
+impl EntitiesKey {
+    fn of(q: &Question, unknown_resource: bool) -> EntitiesKey {
+        EntitiesKey {
+            kind: q.kind,
+            principal: q.principal.clone(),
+            issuer: q.issuer.clone(),
+            email: if q.kind == PrincipalKind::User { q.email.clone() } else { None },
+            groups: q.groups.clone(),
+            resource: unknown_resource.then(|| q.resource.clone()),
+        }
+    }
+}
+
 /// The entity type names of requests, parsed once (parsing a name runs Cedar's parser).
 struct Types {
     user: EntityTypeName,
@@ -313,5 +371,52 @@ impl Types {
             action: t("Action")?,
             model: t("Model")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str =
+        "namespace Gatehouse { entity Group; entity User in [Group] = { issuer: String, email?: String };
+        entity Service in [Group] = { issuer: String }; entity Model;
+        action predict appliesTo { principal: [User, Service], resource: Model, context: {} }; }";
+    const POLICIES: &str = r#"
+        @id("group") permit(principal in Gatehouse::Group::"g", action, resource);
+        @id("email") permit(principal is Gatehouse::User, action, resource)
+            when { principal has email && principal.email == "a@example.com" };
+        @id("issuer") permit(principal, action, resource) when { principal.issuer == "https://trusted" };
+    "#;
+
+    fn ask(store: &PolicyStore, groups: &[&str], email: Option<&str>, issuer: &str) -> Vec<String> {
+        let q = Question {
+            kind: PrincipalKind::User,
+            principal: "alice".into(),
+            issuer: issuer.into(),
+            email: email.map(Into::into),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            action: "predict".into(),
+            resource: "m".into(),
+            context: serde_json::json!({}),
+        };
+        let d = store.authorize(&q);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        d.policy_ids
+    }
+
+    /// The same principal asks again with other groups, e-mail or issuer: the cached entities of the first
+    /// question must not answer the second.
+    #[test]
+    fn cached_principal_entities_follow_the_token() {
+        let src = |name: &str, text: &str| Source { name: name.into(), text: text.into() };
+        let store = PolicyStore::load(&src("s", SCHEMA), &[src("p", POLICIES)], None).unwrap();
+        for _ in 0..2 {
+            assert_eq!(ask(&store, &["g"], None, "https://x"), ["group"]);
+            assert!(ask(&store, &[], None, "https://x").is_empty());
+            assert_eq!(ask(&store, &["h"], Some("a@example.com"), "https://x"), ["email"]);
+            assert!(ask(&store, &["h"], Some("b@example.com"), "https://x").is_empty());
+            assert_eq!(ask(&store, &["h"], None, "https://trusted"), ["issuer"]);
+        }
     }
 }

@@ -28,6 +28,9 @@ impl AuditSink {
 
     /// Writes one record as one line.
     pub fn write(&self, record: &AuditRecord) {
+        if let AuditSink::Off = self {
+            return;
+        }
         let Ok(line) = serde_json::to_string(record) else { return };
         match self {
             AuditSink::Stdout => {

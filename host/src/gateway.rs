@@ -34,9 +34,9 @@ pub struct Loaded {
 
 /// A running gateway.
 pub struct Gateway {
-    current: RwLock<Arc<Loaded>>,
+    current: Arc<RwLock<Arc<Loaded>>>,
     client: HttpClient,
-    audit: AuditSink,
+    audit: Arc<AuditSink>,
     local: Option<Arc<dyn LocalRoutes>>,
 }
 
@@ -49,7 +49,19 @@ pub trait LocalRoutes: Send + Sync {
 impl Gateway {
     /// A gateway over a loaded configuration.
     pub fn new(loaded: Loaded, client: HttpClient, audit: AuditSink) -> Gateway {
-        Gateway { current: RwLock::new(Arc::new(loaded)), client, audit, local: None }
+        Gateway { current: Arc::new(RwLock::new(Arc::new(loaded))), client, audit: Arc::new(audit), local: None }
+    }
+
+    /// Another handle on this gateway for one worker thread: the same configuration (a reload through either
+    /// reaches both), audit sink and local routes, with its own HTTP client, so the upstream connections it
+    /// pools are driven by the runtime of the thread that uses them (no cross-thread wake-up per request).
+    pub fn worker(&self) -> Gateway {
+        Gateway {
+            current: Arc::clone(&self.current),
+            client: crate::client::build(),
+            audit: Arc::clone(&self.audit),
+            local: self.local.clone(),
+        }
     }
 
     /// Adds host-local routes (used by the demo).

@@ -181,6 +181,65 @@ pub async fn serve(gateway: Arc<Gateway>, addr: &str) -> Result<(SocketAddr, tok
     serve_on(gateway, listener)
 }
 
+/// Serves `gateway` with one single-threaded runtime per worker thread, the way nginx runs one event loop per
+/// core: an acceptor thread hands connections out in turn, and each worker serves its connections and their
+/// upstream connections on its own loop, with its own [`Gateway::worker`] handle. The workers run until the
+/// process exits.
+pub fn serve_threads(
+    gateway: &Gateway,
+    listener: std::net::TcpListener,
+    threads: usize,
+) -> std::io::Result<SocketAddr> {
+    let local = listener.local_addr()?;
+    let mut workers = Vec::with_capacity(threads.max(1));
+    for i in 0..threads.max(1) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+        let gw = Arc::new(gateway.worker());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name(format!("gatehouse-worker-{i}")).spawn(move || {
+            rt.block_on(async move {
+                while let Some((stream, peer)) = rx.recv().await {
+                    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
+                    tokio::spawn(serve_connection(Arc::clone(&gw), stream, peer));
+                }
+            });
+        })?;
+        workers.push(tx);
+    }
+    std::thread::Builder::new().name("gatehouse-accept".into()).spawn(move || {
+        let mut next = 0usize;
+        loop {
+            let (stream, peer) = match listener.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    log(format_args!("accept: {e}"));
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let Some(worker) = workers.get(next % workers.len()) else { return };
+            next = next.wrapping_add(1);
+            if worker.send((stream, peer)).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(local)
+}
+
+async fn serve_connection(gw: Arc<Gateway>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let svc = service_fn(move |req| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+}
+
 /// Serves `gateway` on an already bound listener.
 pub fn serve_on(
     gateway: Arc<Gateway>,
@@ -191,14 +250,7 @@ pub fn serve_on(
         loop {
             let Ok((stream, peer)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
-            let gw = Arc::clone(&gateway);
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let gw = Arc::clone(&gw);
-                    async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            });
+            tokio::spawn(serve_connection(Arc::clone(&gateway), stream, peer));
         }
     });
     Ok((local, task))

@@ -339,7 +339,4 @@ fn describe(e: wasmtime::Error) -> String {
     }
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use gatehouse_engine::audit::hex;

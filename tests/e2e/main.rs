@@ -414,3 +414,33 @@ async fn a_bad_reload_keeps_the_running_configuration() {
     let ok = post(&w.gw.url(PREDICT), Some(&w.token("alice", &["data-scientists"])), "{}").await;
     assert_eq!(ok.status, 200);
 }
+
+/// `gatehouse serve` runs one single-threaded loop per core (`serve_threads`): connections are spread over the
+/// workers, every worker serves the full pipeline, and a reload through the gateway reaches all of them.
+#[tokio::test]
+async fn worker_threads_serve_and_share_reloads() {
+    let w = world(&["rsa1"], 300).await;
+    let path = w.gw.dir.join("gatehouse.toml").display().to_string();
+    let gw = gatehouse_host::Gateway::from_file(&path).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = gatehouse_host::serve_threads(&gw, listener, 2).unwrap();
+    let token = w.token("alice", &["data-scientists"]);
+    // `post` opens a connection per request, so four requests reach both workers (handed out in turn).
+    for _ in 0..4 {
+        let ok = post(&format!("http://{addr}{PREDICT}"), Some(&token), r#"{"instances": [1]}"#).await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("path = \"/v1/models/{model}:predict\"", "path = \"/v2/models/{model}:predict\""),
+    )
+    .unwrap();
+    gw.reload(&path).unwrap();
+    for _ in 0..4 {
+        let moved = post(&format!("http://{addr}/v2/models/demo:predict"), Some(&token), "{}").await;
+        assert_eq!(moved.status, 200, "{}", moved.body);
+        let gone = post(&format!("http://{addr}{PREDICT}"), Some(&token), "{}").await;
+        assert_eq!(gone.status, 404, "{}", gone.body);
+    }
+}

@@ -25,7 +25,7 @@ pub enum AuthnVerdict {
 }
 
 /// Whether the caller is a person or a workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalKind {
     /// A person (the default).

@@ -74,19 +74,17 @@ fn verify_with(key: &Value, alg: &str, input: &[u8], sig: &[u8]) -> Result<(), &
     const BAD_SIG: &str = "the token's signature is invalid";
     match alg {
         "RS256" | "RS384" | "RS512" | "PS256" => {
-            use rsa::signature::Verifier;
-            let n = rsa::BigUint::from_bytes_be(&member(key, "n")?);
-            let e = rsa::BigUint::from_bytes_be(&member(key, "e")?);
-            let public = rsa::RsaPublicKey::new(n, e).map_err(|_| "an RSA key in the key set is invalid")?;
-            if rsa::traits::PublicKeyParts::n(&public).bits() < MIN_RSA_BITS {
+            use crate::rsa::{PublicKey, verify_pkcs1, verify_pss};
+            let public = PublicKey::new(&member(key, "n")?, &member(key, "e")?)?;
+            if public.bits() < MIN_RSA_BITS {
                 return Err("the issuer's RSA key is shorter than 2048 bits");
             }
             let ok = match alg {
-                "RS256" => rsa_pkcs1::<sha2::Sha256>(public, input, sig),
-                "RS384" => rsa_pkcs1::<sha2::Sha384>(public, input, sig),
-                "RS512" => rsa_pkcs1::<sha2::Sha512>(public, input, sig),
-                _ => rsa::pss::Signature::try_from(sig)
-                    .is_ok_and(|s| rsa::pss::VerifyingKey::<sha2::Sha256>::new(public).verify(input, &s).is_ok()),
+                "RS256" => verify_pkcs1::<sha2::Sha256>(&public, input, sig),
+                "RS384" => verify_pkcs1::<sha2::Sha384>(&public, input, sig),
+                "RS512" => verify_pkcs1::<sha2::Sha512>(&public, input, sig),
+                // RFC 7518 §3.5: the salt is as long as the hash output.
+                _ => verify_pss::<sha2::Sha256>(&public, input, sig, 32),
             };
             ok.then_some(()).ok_or(BAD_SIG)
         }
@@ -115,15 +113,6 @@ fn verify_with(key: &Value, alg: &str, input: &[u8], sig: &[u8]) -> Result<(), &
         }
         _ => Err("unsupported algorithm"),
     }
-}
-
-fn rsa_pkcs1<D>(public: rsa::RsaPublicKey, input: &[u8], sig: &[u8]) -> bool
-where
-    D: rsa::sha2::Digest + rsa::pkcs8::AssociatedOid,
-{
-    use rsa::signature::Verifier;
-    rsa::pkcs1v15::Signature::try_from(sig)
-        .is_ok_and(|s| rsa::pkcs1v15::VerifyingKey::<D>::new(public).verify(input, &s).is_ok())
 }
 
 fn ec_point<C>(key: &Value, size: usize) -> Result<elliptic_curve_point::Point<C>, &'static str>

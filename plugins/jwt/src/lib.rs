@@ -8,6 +8,7 @@
 mod claims;
 mod config;
 mod keys;
+mod rsa;
 mod token;
 
 pub use config::{Config, IssuerConfig};
