@@ -56,6 +56,8 @@ pub struct Server {
     pub trust_forwarded_for: bool,
     /// Verified tokens remembered (until their `exp`) so a repeated token skips the signature check; 0 disables.
     pub token_cache_entries: usize,
+    /// Worker threads of `gatehouse serve`, each with its own event loop; 0 means one per core.
+    pub workers: usize,
 }
 
 impl Default for Server {
@@ -69,6 +71,7 @@ impl Default for Server {
             plugin_memory_bytes: 64 * 1024 * 1024,
             trust_forwarded_for: false,
             token_cache_entries: 10_000,
+            workers: 0,
         }
     }
 }

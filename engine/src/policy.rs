@@ -65,6 +65,10 @@ pub struct PolicyStore {
     types: Types,
     /// `ip(...)` values by address: Cedar parses the extension's name for every `new_ip`.
     ips: std::sync::Mutex<HashMap<String, RestrictedExpression>>,
+    /// What of the context the policies read (see `authorize`).
+    context_read: ContextRead,
+    /// Recent decisions (see `authorize`).
+    decisions: std::sync::Mutex<HashMap<DecisionKey, Decision>>,
     /// The entities of recent principals (see `request_entities`).
     request_entities: std::sync::Mutex<HashMap<EntitiesKey, std::sync::Arc<Entities>>>,
     index: crate::policy_index::PolicyIndex,
@@ -172,6 +176,8 @@ impl PolicyStore {
         Ok(PolicyStore {
             ips: Default::default(),
             request_entities: Default::default(),
+            context_read: ContextRead::of(&set),
+            decisions: Default::default(),
             types: Types::new().map_err(|e| ConfigError::Policies(vec![Located::new("schema", 1, e)]))?,
             index: crate::policy_index::PolicyIndex::new(&set),
             entities,
@@ -196,11 +202,54 @@ impl PolicyStore {
     }
 
     /// Decides. Never fails: a question that cannot be put to Cedar is denied, with the reason as an error.
+    ///
+    /// Decisions are remembered by everything they can depend on: the principal's facts, the action, the
+    /// model, and the context attributes some policy reads (Cedar is deterministic, and the static entities do
+    /// not change while the store lives). A request attribute no policy mentions (`time`, `path` when unused)
+    /// does not split the cache.
     pub fn authorize(&self, q: &Question) -> Decision {
+        let key = self.decision_key(q);
+        if let Some(key) = &key
+            && let Ok(cache) = self.decisions.lock()
+            && let Some(d) = cache.get(key)
+        {
+            return d.clone();
+        }
+        let decision = self.authorize_uncached(q);
+        if let (Some(key), Ok(mut cache)) = (key, self.decisions.lock()) {
+            if cache.len() >= DECISIONS_CACHED {
+                cache.clear();
+            }
+            cache.insert(key, decision.clone());
+        }
+        decision
+    }
+
+    /// Decides without the decision cache (the reference the cache is tested against).
+    pub fn authorize_uncached(&self, q: &Question) -> Decision {
         match self.decide(q) {
             Ok(d) => d,
             Err(message) => Decision { allowed: false, policy_ids: Vec::new(), errors: vec![message] },
         }
+    }
+
+    fn decision_key(&self, q: &Question) -> Option<DecisionKey> {
+        let serde_json::Value::Object(m) = &q.context else { return None };
+        let context = match &self.context_read {
+            ContextRead::Whole => serde_json::to_string(m).ok()?,
+            ContextRead::Attributes(names) => {
+                let read: serde_json::Map<String, serde_json::Value> =
+                    names.iter().filter_map(|n| m.get(n).map(|v| (n.clone(), v.clone()))).collect();
+                serde_json::to_string(&read).ok()?
+            }
+        };
+        let resource = EntityUid::from_type_name_and_id(self.types.model.clone(), EntityId::new(&q.resource));
+        Some(DecisionKey {
+            entities: EntitiesKey::of(q, self.entities.get(&resource).is_none()),
+            action: q.action.clone(),
+            resource: q.resource.clone(),
+            context,
+        })
     }
 
     /// The static entities plus the request's own: the principal (attributes, groups as parents), groups
@@ -352,6 +401,67 @@ impl EntitiesKey {
     }
 }
 
+/// How many decisions are kept (the cache starts over when full).
+const DECISIONS_CACHED: usize = 16_384;
+
+/// Everything a decision depends on besides the store itself.
+#[derive(PartialEq, Eq, Hash)]
+struct DecisionKey {
+    entities: EntitiesKey,
+    action: String,
+    resource: String,
+    /// The context attributes the policies read, as JSON.
+    context: String,
+}
+
+/// The context attributes the policies read: every `context.NAME` / `context has NAME`, or the whole record
+/// when a policy uses `context` any other way.
+enum ContextRead {
+    Whole,
+    Attributes(std::collections::BTreeSet<String>),
+}
+
+impl ContextRead {
+    fn of(set: &PolicySet) -> ContextRead {
+        let mut names = std::collections::BTreeSet::new();
+        for p in set.policies() {
+            let Ok(est) = p.to_json() else { return ContextRead::Whole };
+            if !context_attributes(&est, &mut names) {
+                return ContextRead::Whole;
+            }
+        }
+        ContextRead::Attributes(names)
+    }
+}
+
+/// Collects the attributes read from `context` in a policy's JSON form; false when `context` is used other
+/// than through `.` or `has` (then the whole context matters). Every use of the variable is `{"Var":
+/// "context"}`, so a use this misses makes it answer false, never a smaller set.
+fn context_attributes(v: &serde_json::Value, names: &mut std::collections::BTreeSet<String>) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            if m.get("Var").and_then(Value::as_str) == Some("context") {
+                return false;
+            }
+            m.iter().all(|(op, inner)| {
+                let attr = inner.get("attr").and_then(Value::as_str);
+                let on_context =
+                    inner.get("left").and_then(|l| l.get("Var")).and_then(Value::as_str) == Some("context");
+                match (op.as_str(), attr, on_context) {
+                    ("." | "has", Some(attr), true) if inner.as_object().is_some_and(|o| o.len() == 2) => {
+                        names.insert(attr.to_owned());
+                        true
+                    }
+                    _ => context_attributes(inner, names),
+                }
+            })
+        }
+        Value::Array(a) => a.iter().all(|x| context_attributes(x, names)),
+        _ => true,
+    }
+}
+
 /// The entity type names of requests, parsed once (parsing a name runs Cedar's parser).
 struct Types {
     user: EntityTypeName,
@@ -418,5 +528,102 @@ mod tests {
             assert!(ask(&store, &["h"], Some("b@example.com"), "https://x").is_empty());
             assert_eq!(ask(&store, &["h"], None, "https://trusted"), ["issuer"]);
         }
+    }
+}
+
+#[cfg(test)]
+mod decision_cache_tests {
+    //! The decision cache answers exactly what evaluation answers: a differential test over the example
+    //! policies plus policies that read time, path and the client address, on generated questions asked
+    //! repeatedly; and the static analysis of what the policies read from the context.
+    use super::*;
+
+    fn read(text: &str) -> Option<Vec<String>> {
+        match ContextRead::of(&PolicySet::from_str(text).unwrap()) {
+            ContextRead::Whole => None,
+            ContextRead::Attributes(names) => Some(names.into_iter().collect()),
+        }
+    }
+
+    #[test]
+    fn what_the_policies_read_from_the_context() {
+        assert_eq!(read("permit(principal, action, resource);"), Some(vec![]));
+        assert_eq!(
+            read(
+                r#"permit(principal, action, resource) when { context.a > 1 && context has b && context["c"] == 2 };
+                   forbid(principal, action, resource) unless { context.d.e == "x" };"#
+            ),
+            Some(vec!["a".into(), "b".into(), "c".into(), "d".into()])
+        );
+        assert_eq!(read("permit(principal, action, resource) when { context == {} };"), None);
+        assert_eq!(read("permit(principal, action, resource) when { [context].contains({}) };"), None);
+        assert_eq!(
+            read(r#"permit(principal, action, resource) when { context has "a" && context.a == context };"#),
+            None
+        );
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[test]
+    fn cached_decisions_equal_evaluated_ones() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let src = |f: &str| Source { name: f.into(), text: std::fs::read_to_string(format!("{dir}/{f}")).unwrap() };
+        let extra = Source {
+            name: "extra.cedar".into(),
+            text: r#"
+                @id("office-hours") permit(principal in Gatehouse::Group::"night-shift", action, resource)
+                    when { context.time > 1800000001 };
+                @id("no-admin-path") forbid(principal, action, resource) when { context.path like "/admin/*" };
+                @id("lan-only") forbid(principal in Gatehouse::Group::"contractors", action, resource)
+                    unless { context.client_ip.isInRange(ip("10.0.0.0/8")) };
+            "#
+            .into(),
+        };
+        let store =
+            PolicyStore::load(&src("schema.cedarschema"), &[src("models.cedar"), extra], Some(&src("entities.json")))
+                .unwrap();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let pick = |rng: &mut Rng, xs: &[&str]| xs[rng.below(xs.len() as u64) as usize].to_owned();
+        let (mut allowed, mut denied) = (0, 0);
+        for _ in 0..3_000 {
+            let groups = ["data-scientists", "data-scientists", "night-shift", "contractors", "nobody"];
+            let n = 1 + rng.below(2);
+            let payload_size = [10i64, 300_000][rng.below(2) as usize];
+            let max_tokens = [10i64, 5000][rng.below(2) as usize];
+            let q = Question {
+                kind: if rng.below(4) == 0 { PrincipalKind::Service } else { PrincipalKind::User },
+                principal: format!("p{}", rng.below(5)),
+                issuer: pick(&mut rng, &["https://a", "https://b"]),
+                email: (rng.below(2) == 0).then(|| "a@example.com".to_owned()),
+                groups: (0..n).map(|_| pick(&mut rng, &groups)).collect(),
+                action: pick(&mut rng, &["predict", "predict", "explain", "generate"]),
+                resource: pick(&mut rng, &["demo", "demo", "fraud-scorer", "gemini", "assistant", "unknown"]),
+                context: serde_json::json!({
+                    "method": "POST",
+                    "path": pick(&mut rng, &["/v1/models/demo:predict", "/admin/x"]),
+                    "route": "predict",
+                    "client_ip": {"__extn": {"fn": "ip", "arg": pick(&mut rng, &["10.1.2.3", "192.168.0.1"])}},
+                    "time": 1_800_000_000i64 + rng.below(4) as i64,
+                    "scopes": if rng.below(2) == 0 { vec!["predict"] } else { vec![] },
+                    "issuer": "https://a",
+                    "payload_size": payload_size,
+                    "inference": if rng.below(2) == 0 { serde_json::json!({}) }
+                                 else { serde_json::json!({"max_tokens": max_tokens}) },
+                }),
+            };
+            let (cached, evaluated) = (store.authorize(&q), store.authorize_uncached(&q));
+            assert_eq!(cached, evaluated, "{q:?}");
+            if evaluated.allowed { allowed += 1 } else { denied += 1 }
+        }
+        assert!(allowed > 200 && denied > 300, "{allowed} allowed, {denied} denied");
     }
 }

@@ -118,7 +118,10 @@ async fn serve_config(path: String, listen: Option<String>) -> Result<i32> {
     let gateway = Arc::new(Gateway::from_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?);
     let addr = listen.unwrap_or_else(|| gateway.loaded().engine.config.server.listen.clone());
     let listener = std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = match gateway.loaded().engine.config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
     let local = gatehouse_host::serve_threads(&gateway, listener, threads)?;
     gatehouse_host::log(format_args!("serving {path} on http://{local} (SIGHUP reloads; invalid changes are refused)"));
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
