@@ -8,28 +8,11 @@
 use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
 use gatehouse_host::runtime::Plugins;
 use gatehouse_plugin_abi::Hook;
+use gatehouse_tests::bench::per_call;
 use gatehouse_tests::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use std::time::{Duration, Instant};
-
-/// Microseconds per call: the fastest of five batches of `n / 5` calls (this machine is a shared VM: the
-/// minimum is the figure that repeats).
-fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
-    for _ in 0..n / 10 {
-        f();
-    }
-    let batch = (n / 5).max(1);
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            t.elapsed().as_secs_f64() * 1e6 / f64::from(batch)
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use std::time::Duration;
 
 fn load(name: &str, builtin: bool, config: &serde_json::Value) -> (Plugins, std::sync::Arc<[u8]>) {
     let config: std::sync::Arc<[u8]> = serde_json::to_vec(config).unwrap().into();

@@ -23,6 +23,9 @@ const MAX_LIMBS: usize = MAX_BITS.div_ceil(W as usize) + 1;
 /// Rows accumulated before the carries are settled: each row adds less than 2^57 to a word, so 64 rows
 /// stay below 2^63.
 const SETTLE: usize = 64;
+/// Largest modulus (in limbs) [`PublicKey::mont_sqr`] handles without overflowing a word; larger keys square by
+/// the general product.
+const SQR_MAX_LIMBS: usize = 255;
 
 /// A public key prepared for verification: 28-bit limbs of `n` (least significant first), `-n⁻¹ mod 2²⁸`
 /// and `R² mod n` with `R = 2^(28·limbs)`.
@@ -175,10 +178,51 @@ impl PublicKey {
         }
         let mut out = vec![0u64; k];
         for _ in 0..s {
-            self.mont_mul(&x, &x, &mut out);
+            self.mont_sqr(&x, &mut out);
             std::mem::swap(&mut x, &mut out);
         }
         x
+    }
+
+    /// `out = a²·R⁻¹ mod n` for normalized `a < n`: the square first (each cross product once, doubled:
+    /// k(k+1)/2 products instead of k²), then the Montgomery reduction row by row. A quarter fewer multiplies
+    /// than [`Self::mont_mul`]; sixteen of the seventeen products of `s^65537` are squares.
+    fn mont_sqr(&self, a: &[u64], out: &mut [u64]) {
+        let n = &self.n[..];
+        let k = n.len();
+        if k > SQR_MAX_LIMBS {
+            return self.mont_mul(a, a, out);
+        }
+        let mut p = [0u64; 2 * SQR_MAX_LIMBS + 1];
+        let (a, p) = (&a[..k], &mut p[..=2 * k]);
+        // Columns take at most k/2 doubled products (< 2^57) and one square (< 2^56): below 2^64 for k ≤ 255.
+        for i in 0..k {
+            let ai = a[i];
+            p[2 * i] += ai * ai;
+            let ai2 = ai << 1;
+            for j in i + 1..k {
+                p[i + j] += ai2 * a[j];
+            }
+        }
+        settle(&mut p[..2 * k]);
+        // Reduction: each row adds m·n (< 2^56 per word, at most k of them on a word) and moves the carry of
+        // the word it cleared one word up.
+        for i in 0..k {
+            let m = ((p[i] & MASK) * self.n0inv) & MASK;
+            for j in 0..k {
+                p[i + j] += m * n[j];
+            }
+            p[i + 1] += p[i] >> W;
+        }
+        let t = &mut p[k..=2 * k];
+        settle(&mut t[..k]);
+        let top = t[k - 1] >> W;
+        t[k - 1] &= MASK;
+        t[k] += top;
+        if t[k] != 0 || geq(&t[..k], n) {
+            sub_in_place(&mut t[..k], n);
+        }
+        out.copy_from_slice(&t[..k]);
     }
 
     /// `out = a·b·R⁻¹ mod n` for normalized `a, b < n`. Each row adds `a·bᵢ + m·n` (m chosen so the lowest
@@ -237,7 +281,7 @@ impl PublicKey {
                     first = !set;
                     continue;
                 }
-                self.mont_mul(&x, &x, &mut tmp);
+                self.mont_sqr(&x, &mut tmp);
                 std::mem::swap(&mut x, &mut tmp);
                 if set {
                     self.mont_mul(&x, &base, &mut tmp);

@@ -41,24 +41,8 @@ fn main() {
     // group rules and a few forbids (none of which the benchmark's callers match).
     std::fs::copy(repo("policies/models.cedar"), dir.join("policies/models.cedar")).unwrap();
     let mut text = String::new();
-    for i in 0..1000 {
-        let _ = match i % 10 {
-            0 => writeln!(
-                text,
-                "@id(\"g{i}\") permit(principal in Gatehouse::Group::\"team-{}\", action == Gatehouse::Action::\"predict\", resource == Gatehouse::Model::\"m{}\");",
-                i % 50,
-                i % 200
-            ),
-            1 => writeln!(
-                text,
-                "@id(\"f{i}\") forbid(principal == Gatehouse::User::\"u{i}\", action, resource) when {{ context.payload_size > 100 }};"
-            ),
-            _ => writeln!(
-                text,
-                "@id(\"p{i}\") permit(principal == Gatehouse::User::\"u{i}\", action == Gatehouse::Action::\"predict\", resource == Gatehouse::Model::\"m{}\");",
-                i % 200
-            ),
-        };
+    for rule in bench::tenant_rules(1000) {
+        let _ = writeln!(text, "{}", rule.cedar("Gatehouse::"));
     }
     std::fs::write(dir.join("policies/tenants.cedar"), text).unwrap();
     println!("fixtures in {}: 1,000 rotating tokens, {fresh} fresh tokens, 1,004 policies", dir.display());

@@ -2,12 +2,13 @@
 //! same policies in Rego evaluated by regorus (Rego in Rust), and the full per-request
 //! `PolicyStore::authorize` (entities, context, decision) on the example policies.
 //!
-//! Run: `cargo bench -p gatehouse-engine --bench policy`.
+//! Run: `cargo bench -p gatehouse-tests --bench policy`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
 use cedar_policy::{Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request};
 use gatehouse_engine::policy::{PolicyStore, PrincipalKind, Question, Source};
 use gatehouse_engine::policy_index::PolicyIndex;
+use gatehouse_tests::bench::{per_call, rego_module, tenant_rules};
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Instant;
@@ -16,69 +17,11 @@ fn uid(ty: &str, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(EntityTypeName::from_str(ty).unwrap(), EntityId::new(id))
 }
 
-/// Microseconds per call: the fastest of five batches (this machine is a shared VM).
-fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
-    for _ in 0..iterations / 10 {
-        f();
-    }
-    let batch = (iterations / 5).max(1);
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            t.elapsed().as_secs_f64() * 1e6 / f64::from(batch)
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
-/// The tenant policies in Rego: a request is allowed when some permit rule matches and no forbid rule does
-/// (Cedar's semantics), groups as a list in the input instead of an entity hierarchy. One rule per line
-/// (regorus refuses files of more than 20,000 lines).
-fn rego(n: usize) -> String {
-    let mut text =
-        String::from("package gatehouse\n\ndefault allow := false\n\nallow if {\n  permit\n  not forbid\n}\n\n");
-    for i in 0..n {
-        let rule = match i % 10 {
-            0 => format!(
-                "permit if {{ \"team-{}\" in input.principal.groups; input.action == \"predict\"; input.resource == \"m{}\" }}\n",
-                i % 50,
-                i % 200
-            ),
-            1 => format!("forbid if {{ input.principal.id == \"u{i}\"; input.context.size > 100 }}\n"),
-            _ => format!(
-                "permit if {{ input.principal.id == \"u{i}\"; input.action == \"predict\"; input.resource == \"m{}\" }}\n",
-                i % 200
-            ),
-        };
-        text.push_str(&rule);
-    }
-    text
-}
-
 fn main() {
     let authorizer = Authorizer::new();
     for n in [1_000usize, 10_000] {
         // One permit per user and model, plus group rules and a few forbids: the shape of a real tenant list.
-        let mut text = String::new();
-        for i in 0..n {
-            let line = match i % 10 {
-                0 => format!(
-                    "@id(\"g{i}\") permit(principal in Group::\"team-{}\", action == Action::\"predict\", resource == Model::\"m{}\");\n",
-                    i % 50,
-                    i % 200
-                ),
-                1 => format!(
-                    "@id(\"f{i}\") forbid(principal == User::\"u{i}\", action, resource) when {{ context.size > 100 }};\n"
-                ),
-                _ => format!(
-                    "@id(\"p{i}\") permit(principal == User::\"u{i}\", action == Action::\"predict\", resource == Model::\"m{}\");\n",
-                    i % 200
-                ),
-            };
-            text.push_str(&line);
-        }
+        let text: String = tenant_rules(n).map(|r| r.cedar("") + "\n").collect();
         let set = PolicySet::from_str(&text).unwrap();
         let index = PolicyIndex::new(&set);
         let entities = Entities::from_entities(
@@ -90,7 +33,8 @@ fn main() {
             None,
         )
         .unwrap();
-        let ctx = Context::from_pairs([("size".to_owned(), cedar_policy::RestrictedExpression::new_long(5))]).unwrap();
+        let ctx = Context::from_pairs([("payload_size".to_owned(), cedar_policy::RestrictedExpression::new_long(5))])
+            .unwrap();
         let req = Request::new(uid("User", "u42"), uid("Action", "predict"), uid("Model", "m42"), ctx, None).unwrap();
         let full = authorizer.is_authorized(&req, &set, &entities);
         let sliced = index.is_authorized(&authorizer, &req, &entities);
@@ -103,10 +47,10 @@ fn main() {
             std::hint::black_box(index.is_authorized(&authorizer, &req, &entities));
         });
         let mut engine = regorus::Engine::new();
-        engine.add_policy("tenants.rego".into(), rego(n)).unwrap();
+        engine.add_policy("tenants.rego".into(), rego_module(n)).unwrap();
         let input = regorus::Value::from_json_str(
             r#"{"principal": {"id": "u42", "groups": ["team-7"]}, "action": "predict", "resource": "m42",
-                "context": {"size": 5}}"#,
+                "context": {"payload_size": 5}}"#,
         )
         .unwrap();
         engine.set_input(input.clone());
