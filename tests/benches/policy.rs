@@ -11,7 +11,6 @@ use gatehouse_engine::policy_index::PolicyIndex;
 use gatehouse_tests::bench::{per_call, rego_module, tenant_rules};
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::time::Instant;
 
 fn uid(ty: &str, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(EntityTypeName::from_str(ty).unwrap(), EntityId::new(id))
