@@ -32,6 +32,7 @@ pub mod error;
 pub mod forward_auth;
 pub mod jwks;
 mod load;
+mod memo;
 pub mod pipeline;
 pub mod policy;
 pub mod policy_index;

@@ -2,6 +2,7 @@
 
 use crate::config::{line_containing, line_of};
 use crate::error::{ConfigError, Located};
+use crate::memo::Memo;
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
     RestrictedExpression, Schema, ValidationMode, Validator,
@@ -10,6 +11,7 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The Cedar namespace of Gatehouse's entity types and actions.
 pub const NAMESPACE: &str = "Gatehouse";
@@ -64,13 +66,13 @@ pub struct Question {
 pub struct PolicyStore {
     types: Types,
     /// `ip(...)` values by address: Cedar parses the extension's name for every `new_ip`.
-    ips: std::sync::Mutex<HashMap<String, RestrictedExpression>>,
+    ips: Memo<String, RestrictedExpression>,
     /// What of the context the policies read (see `authorize`).
     context_read: ContextRead,
     /// Recent decisions (see `authorize`).
-    decisions: std::sync::Mutex<HashMap<DecisionKey, Decision>>,
+    decisions: Memo<DecisionKey, Decision>,
     /// The entities of recent principals (see `request_entities`).
-    request_entities: std::sync::Mutex<HashMap<EntitiesKey, std::sync::Arc<Entities>>>,
+    request_entities: Memo<EntitiesKey, Arc<Entities>>,
     index: crate::policy_index::PolicyIndex,
     entities: Entities,
     authorizer: Authorizer,
@@ -174,10 +176,10 @@ impl PolicyStore {
             return Err(ConfigError::Policies(problems));
         }
         Ok(PolicyStore {
-            ips: Default::default(),
-            request_entities: Default::default(),
+            ips: Memo::new(IPS_CACHED),
+            request_entities: Memo::new(REQUEST_ENTITIES_CACHED),
             context_read: ContextRead::of(&set),
-            decisions: Default::default(),
+            decisions: Memo::new(DECISIONS_CACHED),
             types: Types::new().map_err(|e| ConfigError::Policies(vec![Located::new("schema", 1, e)]))?,
             index: crate::policy_index::PolicyIndex::new(&set),
             entities,
@@ -208,32 +210,37 @@ impl PolicyStore {
     /// not change while the store lives). A request attribute no policy mentions (`time`, `path` when unused)
     /// does not split the cache.
     pub fn authorize(&self, q: &Question) -> Decision {
-        let key = self.decision_key(q);
-        if let Some(key) = &key
-            && let Ok(cache) = self.decisions.lock()
-            && let Some(d) = cache.get(key)
-        {
-            return d.clone();
+        let entities = self.entities_key(q);
+        let Some(key) = self.decision_key(q, &entities) else { return self.decision(q, entities) };
+        if let Some(d) = self.decisions.get(&key) {
+            return d;
         }
-        let decision = self.authorize_uncached(q);
-        if let (Some(key), Ok(mut cache)) = (key, self.decisions.lock()) {
-            if cache.len() >= DECISIONS_CACHED {
-                cache.clear();
-            }
-            cache.insert(key, decision.clone());
-        }
+        let decision = self.decision(q, entities);
+        self.decisions.insert(key, decision.clone());
         decision
     }
 
     /// Decides without the decision cache (the reference the cache is tested against).
     pub fn authorize_uncached(&self, q: &Question) -> Decision {
-        match self.decide(q) {
+        self.decision(q, self.entities_key(q))
+    }
+
+    fn decision(&self, q: &Question, entities: EntitiesKey) -> Decision {
+        match self.decide(q, entities) {
             Ok(d) => d,
             Err(message) => Decision { allowed: false, policy_ids: Vec::new(), errors: vec![message] },
         }
     }
 
-    fn decision_key(&self, q: &Question) -> Option<DecisionKey> {
+    fn resource_uid(&self, q: &Question) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.types.model.clone(), EntityId::new(&q.resource))
+    }
+
+    fn entities_key(&self, q: &Question) -> EntitiesKey {
+        EntitiesKey::of(q, self.entities.get(&self.resource_uid(q)).is_none())
+    }
+
+    fn decision_key(&self, q: &Question, entities: &EntitiesKey) -> Option<DecisionKey> {
         let serde_json::Value::Object(m) = &q.context else { return None };
         let context = match &self.context_read {
             ContextRead::Whole => serde_json::to_string(m).ok()?,
@@ -243,9 +250,8 @@ impl PolicyStore {
                 serde_json::to_string(&read).ok()?
             }
         };
-        let resource = EntityUid::from_type_name_and_id(self.types.model.clone(), EntityId::new(&q.resource));
         Some(DecisionKey {
-            entities: EntitiesKey::of(q, self.entities.get(&resource).is_none()),
+            entities: entities.clone(),
             action: q.action.clone(),
             resource: q.resource.clone(),
             context,
@@ -258,15 +264,12 @@ impl PolicyStore {
     fn request_entities(
         &self,
         q: &Question,
+        key: EntitiesKey,
         principal: &EntityUid,
         resource: &EntityUid,
-    ) -> Result<std::sync::Arc<Entities>, String> {
-        let unknown_resource = self.entities.get(resource).is_none();
-        let key = EntitiesKey::of(q, unknown_resource);
-        if let Ok(cache) = self.request_entities.lock()
-            && let Some(e) = cache.get(&key)
-        {
-            return Ok(e.clone());
+    ) -> Result<Arc<Entities>, String> {
+        if let Some(e) = self.request_entities.get(&key) {
+            return Ok(e);
         }
         let t = &self.types;
         let mut extra = Vec::with_capacity(q.groups.len() + 2);
@@ -284,23 +287,17 @@ impl PolicyStore {
             attrs.insert("email".to_owned(), RestrictedExpression::new_string(email.clone()));
         }
         extra.push(Entity::new(principal.clone(), attrs, parents).map_err(|e| format!("principal: {e}"))?);
-        if unknown_resource {
+        if key.resource.is_some() {
             extra.push(Entity::with_uid(resource.clone()));
         }
         // The per-request entities are built here to the schema's shape, and the static ones were validated at
         // load, so evaluation skips re-validating them (it costs more than the decision).
-        let entities =
-            std::sync::Arc::new(self.entities.clone().add_entities(extra, None).map_err(|e| format!("entities: {e}"))?);
-        if let Ok(mut cache) = self.request_entities.lock() {
-            if cache.len() >= REQUEST_ENTITIES_CACHED {
-                cache.clear();
-            }
-            cache.insert(key, entities.clone());
-        }
+        let entities = Arc::new(self.entities.clone().add_entities(extra, None).map_err(|e| format!("entities: {e}"))?);
+        self.request_entities.insert(key, Arc::clone(&entities));
         Ok(entities)
     }
 
-    fn decide(&self, q: &Question) -> Result<Decision, String> {
+    fn decide(&self, q: &Question, entities: EntitiesKey) -> Result<Decision, String> {
         let t = &self.types;
         let principal_type = match q.kind {
             PrincipalKind::User => &t.user,
@@ -308,9 +305,9 @@ impl PolicyStore {
         };
         let principal = EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new(&q.principal));
         let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(&q.action));
-        let resource = EntityUid::from_type_name_and_id(t.model.clone(), EntityId::new(&q.resource));
+        let resource = self.resource_uid(q);
 
-        let entities = self.request_entities(q, &principal, &resource)?;
+        let entities = self.request_entities(q, entities, &principal, &resource)?;
         // Built directly, not through Cedar's JSON reader (which tries untagged variants and builds errors).
         let pairs = match &q.context {
             serde_json::Value::Object(m) => {
@@ -334,10 +331,7 @@ impl PolicyStore {
 
 /// A context value as a Cedar expression: strings, integers, booleans, sets, records, and the JSON escape
 /// `{"__extn": {"fn": "ip", "arg": "..."}}` for IP addresses.
-fn restricted(
-    v: &serde_json::Value,
-    ips: &std::sync::Mutex<HashMap<String, RestrictedExpression>>,
-) -> Result<RestrictedExpression, String> {
+fn restricted(v: &serde_json::Value, ips: &Memo<String, RestrictedExpression>) -> Result<RestrictedExpression, String> {
     use serde_json::Value;
     Ok(match v {
         Value::String(s) => RestrictedExpression::new_string(s.clone()),
@@ -351,15 +345,11 @@ fn restricted(
         Value::Object(m) => match (m.get("__extn"), m.len()) {
             (Some(e), 1) => match (e.get("fn").and_then(Value::as_str), e.get("arg").and_then(Value::as_str)) {
                 (Some("ip"), Some(arg)) => {
-                    let Ok(mut cache) = ips.lock() else { return Ok(RestrictedExpression::new_ip(arg)) };
-                    if let Some(e) = cache.get(arg) {
-                        return Ok(e.clone());
-                    }
-                    if cache.len() >= 4096 {
-                        cache.clear();
+                    if let Some(e) = ips.get(arg) {
+                        return Ok(e);
                     }
                     let e = RestrictedExpression::new_ip(arg);
-                    cache.insert(arg.to_owned(), e.clone());
+                    ips.insert(arg.to_owned(), e.clone());
                     e
                 }
                 (Some("decimal"), Some(arg)) => RestrictedExpression::new_decimal(arg),
@@ -374,11 +364,14 @@ fn restricted(
     })
 }
 
+/// How many `ip(...)` values are kept.
+const IPS_CACHED: usize = 4096;
+
 /// How many principals' entity sets are kept (the cache starts over when full).
 const REQUEST_ENTITIES_CACHED: usize = 4096;
 
 /// Everything `request_entities` builds from: the principal's facts, and the model when it must be added.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct EntitiesKey {
     kind: PrincipalKind,
     principal: String,

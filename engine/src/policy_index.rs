@@ -4,12 +4,13 @@
 //! determining policies and the errors are those of the whole set; the differential test below checks it.
 //! Sliced sets are cached by the set of candidates, so steady traffic reuses a handful of them.
 
+use crate::memo::Memo;
 use cedar_policy::{
     ActionConstraint, Authorizer, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request,
     ResourceConstraint, Response,
 };
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 type Bits = Vec<u64>;
 
@@ -115,7 +116,7 @@ pub struct PolicyIndex {
     principal: Scope,
     action: Scope,
     resource: Scope,
-    slices: Mutex<HashMap<Bits, Arc<PolicySet>>>,
+    slices: Memo<Bits, Arc<PolicySet>>,
 }
 
 /// Most distinct sliced sets kept.
@@ -140,7 +141,7 @@ impl PolicyIndex {
                 }
             }
         }
-        PolicyIndex { all: set.clone(), policies, principal, action, resource, slices: Mutex::new(HashMap::new()) }
+        PolicyIndex { all: set.clone(), policies, principal, action, resource, slices: Memo::new(MAX_SLICES) }
     }
 
     /// The policies that can match a request, as a set (cached by candidates).
@@ -161,7 +162,7 @@ impl PolicyIndex {
         for (b, r) in bits.iter_mut().zip(self.resource.candidates(resource, &ancestors(resource))) {
             *b &= r;
         }
-        if let Some(s) = self.slices.lock().ok().and_then(|m| m.get(&bits).cloned()) {
+        if let Some(s) = self.slices.get(&bits) {
             return s;
         }
         let chosen = self
@@ -171,12 +172,7 @@ impl PolicyIndex {
             .filter(|(i, _)| bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
             .map(|(_, p)| p.clone());
         let set = Arc::new(PolicySet::from_policies(chosen).unwrap_or_default());
-        if let Ok(mut m) = self.slices.lock() {
-            if m.len() >= MAX_SLICES {
-                m.clear();
-            }
-            m.insert(bits, Arc::clone(&set));
-        }
+        self.slices.insert(bits, Arc::clone(&set));
         set
     }
 
