@@ -57,6 +57,7 @@ pub mod credentials;
 pub mod demo;
 pub mod gateway;
 pub mod keys;
+pub mod reuse;
 pub mod runtime;
 pub mod service;
 

@@ -1,14 +1,19 @@
-//! Running plugin modules with wasmtime: compiled once, instantiated fresh for every call so no request's
-//! data is visible to another's, bounded by an epoch deadline and a memory cap. A plugin that traps, runs
-//! out of time or memory, or returns garbage fails that call only.
+//! Running plugin modules with wasmtime: compiled once; every call runs in an instance in its initial state
+//! (a fresh instance, or a reused one reset completely: see [`crate::reuse`]) so no request's data is visible
+//! to another's, bounded by an epoch deadline and a memory cap. A plugin that traps, runs out of time or
+//! memory, or returns garbage fails that call only.
 
 use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
 use gatehouse_plugin_abi::{self as abi, Hook, Manifest};
 use sha2::Digest;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, Global, Instance, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder,
+    TypedFunc, Val,
+};
 
 /// How often the epoch advances; plugin deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(2);
@@ -16,8 +21,15 @@ const TICK: Duration = Duration::from_millis(2);
 /// The largest memory one plugin instance may have (`server.plugin_memory_bytes` may lower it).
 pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
 
-/// Plugin instances alive at once (one per call in flight).
+/// Plugin instances alive at once (calls in flight and reset instances kept for reuse).
 const POOL_SLOTS: u32 = 256;
+
+/// Reset instances kept for reuse, over all plugins of all loaded configurations (the rest of the pool stays
+/// for calls in flight).
+const MAX_PARKED: usize = POOL_SLOTS as usize / 4;
+
+/// Reset instances kept now.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes of each plugin memory kept resident between calls (reset in place rather than discarded): with
 /// `PAGEMAP_SCAN` only the dirtied pages of this window are reset, so it can be large; without it the whole
@@ -66,10 +78,16 @@ pub enum LoadError {
     },
 }
 
+/// A compiled module and, when its instances can be reset, their initial state.
+type Compiled = (Module, Option<Arc<Initial>>);
+
+/// A hook export: `(cfg_ptr, cfg_len, in_ptr, in_len) -> packed region`.
+type HookFunc = TypedFunc<(i32, i32, i32, i32), i64>;
+
 /// A process-wide wasmtime engine with an epoch ticker and a cache of compiled modules by sha256.
 pub struct Runtime {
     engine: Engine,
-    modules: Mutex<HashMap<String, Module>>,
+    modules: Mutex<HashMap<String, Compiled>>,
 }
 
 impl Runtime {
@@ -111,13 +129,17 @@ impl Runtime {
         Ok(Runtime { engine, modules: Mutex::new(HashMap::new()) })
     }
 
-    fn compile(&self, sha: &str, bytes: &[u8]) -> Result<Module, String> {
+    /// The compiled module and, when its instances can be reset, their initial state.
+    fn compile(&self, sha: &str, bytes: &[u8]) -> Result<Compiled, String> {
         if let Some(m) = self.modules.lock().map_err(|e| e.to_string())?.get(sha) {
             return Ok(m.clone());
         }
-        let module = Module::new(&self.engine, bytes).map_err(|e| format!("not a valid module: {e}"))?;
-        self.modules.lock().map_err(|e| e.to_string())?.insert(sha.to_owned(), module.clone());
-        Ok(module)
+        let prepared = crate::reuse::prepare(bytes);
+        let module = Module::new(&self.engine, &prepared.bytes).map_err(|e| format!("not a valid module: {e}"))?;
+        let initial = prepared.initial.filter(|_| crate::reuse::dirty::available()).map(|i| Arc::new(Initial::new(i)));
+        let compiled = (module, initial);
+        self.modules.lock().map_err(|e| e.to_string())?.insert(sha.to_owned(), compiled.clone());
+        Ok(compiled)
     }
 }
 
@@ -135,6 +157,60 @@ pub struct Plugin {
     /// What the plugin says about itself.
     pub manifest: Manifest,
     pre: InstancePre<CallState>,
+    reuse: Option<Reuse>,
+}
+
+/// Instances of a plugin kept for reuse, and the state they are reset to.
+struct Reuse {
+    initial: Arc<Initial>,
+    /// Reset instances ready for a call.
+    parked: Mutex<Vec<Warm>>,
+}
+
+/// The state instances are reset to (see [`crate::reuse`]).
+struct Initial {
+    memory: Box<[u8]>,
+    /// Exports of the mutable globals (added at load) and their initial values.
+    global_names: Vec<String>,
+    globals: Vec<Val>,
+}
+
+impl Initial {
+    fn new(i: crate::reuse::Initial) -> Initial {
+        use crate::reuse::Value;
+        let (global_names, globals) = i
+            .globals
+            .into_iter()
+            .map(|(name, v)| {
+                let v = match v {
+                    Value::I32(x) => Val::I32(x),
+                    Value::I64(x) => Val::I64(x),
+                    Value::F32(x) => Val::F32(x),
+                    Value::F64(x) => Val::F64(x),
+                    Value::V128(x) => Val::V128(x.into()),
+                };
+                (name, v)
+            })
+            .unzip();
+        Initial { memory: i.memory.into(), global_names, globals }
+    }
+}
+
+/// An instance with its exports looked up.
+struct Warm {
+    store: Store<CallState>,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    hooks: Vec<(Hook, HookFunc)>,
+    globals: Vec<Global>,
+    dirty: Vec<std::ops::Range<usize>>,
+}
+
+impl Drop for Reuse {
+    fn drop(&mut self) {
+        let n = self.parked.get_mut().map(|p| p.len()).unwrap_or(0);
+        PARKED.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// The plugins of one configuration.
@@ -178,7 +254,7 @@ impl Plugins {
                 return Err(LoadError::Pin { name: r.name.clone(), expected: expected.clone(), actual: sha256 });
             }
             let invalid = |message: String| LoadError::Invalid { name: r.name.clone(), message };
-            let module = runtime.compile(&sha256, &bytes).map_err(invalid)?;
+            let (module, initial) = runtime.compile(&sha256, &bytes).map_err(invalid)?;
             if let Some(import) = module.imports().next() {
                 return Err(invalid(format!(
                     "imports `{}::{}`; a plugin must import nothing",
@@ -199,8 +275,10 @@ impl Plugins {
                     config: serde_json::Value::Null,
                 },
                 pre,
+                reuse: None,
             };
             plugin.manifest = plugin.read_manifest(memory).map_err(invalid)?;
+            plugin.reuse = initial.map(|initial| Reuse { initial, parked: Mutex::new(Vec::new()) });
             if let Some(hook) = r.hooks.iter().find(|h| !plugin.manifest.hooks.contains(h)) {
                 return Err(invalid(format!(
                     "the configuration uses it for `{}`, which its manifest does not list (it implements: {})",
@@ -211,6 +289,17 @@ impl Plugins {
             by_name.insert(r.name.clone(), Arc::new(plugin));
         }
         Ok(Plugins { by_name, timeout, memory })
+    }
+
+    /// The same plugins with a fresh instance for every call instead of a reset one (to measure one against
+    /// the other; both give every call the state of a fresh instance).
+    pub fn fresh_instances(mut self) -> Plugins {
+        for plugin in self.by_name.values_mut() {
+            if let Some(p) = Arc::get_mut(plugin) {
+                p.reuse = None;
+            }
+        }
+        self
     }
 
     /// The plugin named `name`.
@@ -238,9 +327,13 @@ impl Plugin {
         let limits = StoreLimitsBuilder::new().memory_size(memory).instances(1).memories(1).tables(4).build();
         let mut store = Store::new(self.pre.module().engine(), CallState { limits });
         store.limiter(|s| &mut s.limits);
-        let ticks = (timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(ticks(timeout));
         store
+    }
+
+    /// Whether calls reuse reset instances (see [`crate::reuse`]) rather than instantiate afresh.
+    pub fn reuses_instances(&self) -> bool {
+        self.reuse.is_some()
     }
 
     fn read_manifest(&self, memory: usize) -> Result<Manifest, String> {
@@ -281,41 +374,123 @@ impl Plugin {
         timeout: Duration,
         memory: usize,
     ) -> Result<Vec<u8>, String> {
+        let Some(reuse) = &self.reuse else {
+            let mut warm = self.warm(&[], memory, timeout)?;
+            return warm.call(hook, config, input);
+        };
+        let parked = reuse.parked.lock().ok().and_then(|mut p| p.pop());
+        let mut warm = match parked {
+            Some(mut w) => {
+                PARKED.fetch_sub(1, Ordering::Relaxed);
+                w.store.set_epoch_deadline(ticks(timeout));
+                w
+            }
+            None => self.warm(&reuse.initial.global_names, memory, timeout)?,
+        };
+        let out = warm.call(hook, config, input)?;
+        // Only an instance that returned normally and is back in its initial state is kept.
+        if warm.reset(&reuse.initial) {
+            if PARKED.fetch_add(1, Ordering::Relaxed) < MAX_PARKED
+                && let Ok(mut parked) = reuse.parked.lock()
+            {
+                parked.push(warm);
+            } else {
+                PARKED.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A fresh instance with its exports looked up (the mutable globals named by `globals`).
+    fn warm(&self, globals: &[String], memory: usize, timeout: Duration) -> Result<Warm, String> {
         let mut store = self.store(timeout, memory);
         let instance = self.pre.instantiate(&mut store).map_err(describe)?;
         let alloc = instance
             .get_typed_func::<i32, i32>(&mut store, abi::exports::ALLOC)
             .map_err(|_| "it does not export an allocator".to_owned())?;
-        let func = instance
-            .get_typed_func::<(i32, i32, i32, i32), i64>(&mut store, &hook.export_name())
-            .map_err(|_| format!("it does not export `{}`", hook.export_name()))?;
-        let (cp, cl) = write_region(&instance, &mut store, &alloc, config)?;
-        let (ip, il) = write_region(&instance, &mut store, &alloc, input)?;
-        let packed = func.call(&mut store, (cp, cl, ip, il)).map_err(describe)?;
-        read_region(&instance, &mut store, packed)
+        let mut hooks = Vec::with_capacity(self.manifest.hooks.len());
+        for hook in &self.manifest.hooks {
+            let func = instance
+                .get_typed_func::<(i32, i32, i32, i32), i64>(&mut store, &hook.export_name())
+                .map_err(|_| format!("it does not export `{}`", hook.export_name()))?;
+            hooks.push((*hook, func));
+        }
+        let memory = memory_of(&instance, &mut store)?;
+        let globals = globals
+            .iter()
+            .map(|name| instance.get_global(&mut store, name).ok_or_else(|| format!("no export `{name}`")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Warm { store, memory, alloc, hooks, globals, dirty: Vec::new() })
     }
 }
 
-fn memory(instance: &wasmtime::Instance, store: &mut Store<CallState>) -> Result<wasmtime::Memory, String> {
-    instance.get_memory(&mut *store, abi::exports::MEMORY).ok_or_else(|| "it does not export its memory".to_owned())
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1
 }
 
-fn write_region(
-    instance: &wasmtime::Instance,
-    store: &mut Store<CallState>,
-    alloc: &wasmtime::TypedFunc<i32, i32>,
-    bytes: &[u8],
-) -> Result<(i32, i32), String> {
-    let len = i32::try_from(bytes.len()).map_err(|_| "argument too large".to_owned())?;
-    let ptr = alloc.call(&mut *store, len).map_err(describe)?;
-    let mem = memory(instance, store)?;
-    mem.write(&mut *store, ptr as u32 as usize, bytes).map_err(|_| "its allocator returned a bad region".to_owned())?;
-    Ok((ptr, len))
+impl Warm {
+    fn call(&mut self, hook: Hook, config: &[u8], input: &[u8]) -> Result<Vec<u8>, String> {
+        let func = self
+            .hooks
+            .iter()
+            .find(|(h, _)| *h == hook)
+            .map(|(_, f)| f.clone())
+            .ok_or_else(|| format!("it does not export `{}`", hook.export_name()))?;
+        let (cp, cl) = self.write_region(config)?;
+        let (ip, il) = self.write_region(input)?;
+        let packed = func.call(&mut self.store, (cp, cl, ip, il)).map_err(describe)?;
+        let (ptr, len) = abi::unpack(packed);
+        self.memory
+            .data(&self.store)
+            .get(ptr as usize..(ptr as usize).saturating_add(len as usize))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| "it returned a region outside its memory".to_owned())
+    }
+
+    fn write_region(&mut self, bytes: &[u8]) -> Result<(i32, i32), String> {
+        let len = i32::try_from(bytes.len()).map_err(|_| "argument too large".to_owned())?;
+        let ptr = self.alloc.call(&mut self.store, len).map_err(describe)?;
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, bytes)
+            .map_err(|_| "its allocator returned a bad region".to_owned())?;
+        Ok((ptr, len))
+    }
+
+    /// Puts the instance back in its initial state; false if that cannot be done (the instance must then be
+    /// dropped): memory grew, or the kernel could not say which pages were written.
+    fn reset(&mut self, initial: &Initial) -> bool {
+        let data = self.memory.data(&self.store);
+        if data.len() != initial.memory.len() {
+            return false;
+        }
+        self.dirty.clear();
+        let dirty = &mut self.dirty;
+        if !crate::reuse::dirty::for_each(data, &mut |r| dirty.push(r)) {
+            return false;
+        }
+        let data = self.memory.data_mut(&mut self.store);
+        for r in &self.dirty {
+            match (data.get_mut(r.clone()), initial.memory.get(r.clone())) {
+                (Some(to), Some(from)) => to.copy_from_slice(from),
+                _ => return false,
+            }
+        }
+        for (g, v) in self.globals.iter().zip(&initial.globals) {
+            if g.set(&mut self.store, *v).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn memory_of(instance: &Instance, store: &mut Store<CallState>) -> Result<Memory, String> {
+    instance.get_memory(&mut *store, abi::exports::MEMORY).ok_or_else(|| "it does not export its memory".to_owned())
 }
 
 fn read_region(instance: &wasmtime::Instance, store: &mut Store<CallState>, packed: i64) -> Result<Vec<u8>, String> {
     let (ptr, len) = abi::unpack(packed);
-    let mem = memory(instance, store)?;
+    let mem = memory_of(instance, store)?;
     let data = mem.data(&*store);
     data.get(ptr as usize..(ptr as usize).saturating_add(len as usize))
         .map(<[u8]>::to_vec)

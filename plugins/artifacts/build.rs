@@ -13,6 +13,9 @@ const NOT_PLUGINS: [&str; 3] = ["abi", "sdk", "artifacts"];
 /// Plugins that are test fixtures: built and exposed by path, but not embedded as built-ins.
 const TEST_ONLY: [&str; 1] = ["chaos"];
 
+/// Bytes of wasm stack a built-in plugin gets (wasm-ld `-z stack-size`).
+const PLUGIN_STACK: usize = 256 << 10;
+
 /// Variables of the outer build that must not leak into the nested wasm32 builds.
 const CLEARED: [&str; 7] = [
     "CARGO_ENCODED_RUSTFLAGS",
@@ -73,6 +76,10 @@ fn run() -> Result<(), String> {
     for var in CLEARED {
         cmd.env_remove(var);
     }
+    // A plugin's whole linear memory is scanned for dirty pages when its pooled instance is reset after each
+    // call, so the memory is kept small: a 256 KiB stack instead of rustc's 1 MiB default (see `bump` in the
+    // SDK for the heap).
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", format!("-Clink-arg=-zstack-size={PLUGIN_STACK}"));
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("building the plugins for wasm32-unknown-unknown failed (is the target installed? \

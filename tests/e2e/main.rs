@@ -5,6 +5,7 @@ mod cloud;
 mod conformance;
 mod embed;
 mod plugins;
+mod reuse;
 mod workers;
 
 use gatehouse_tests::*;

@@ -323,20 +323,20 @@ pub mod adapt {
     }
 }
 
-/// The allocator of plugin modules (wasm32 only): a bump allocator over a 4 MiB arena in `.bss`.
+/// The allocator of plugin modules (wasm32 only): a bump allocator over a 256 KiB arena in `.bss`.
 ///
-/// A plugin instance serves one call and is discarded (ABI v1: hosts instantiate per call), so nothing needs
-/// freeing, and because the arena is part of the module's initial memory a call never executes `memory.grow`.
-/// Growing would cost the host an `mprotect` (and a TLB shootdown) on every call, when a pooled instance slot is
-/// grown and then shrunk back; Rust's default wasm allocator grows memory for every new segment. Past the arena,
-/// fresh pages come from `memory.grow`. The last allocation can be freed or grown in place, which keeps
+/// Every call starts from the instance's initial state (ABI v1: a fresh or completely reset instance), so
+/// nothing needs freeing, and because the arena is part of the module's initial memory a typical call never
+/// executes `memory.grow`: growing costs the host an `mprotect` per call and keeps the native host from reusing
+/// the instance (memory cannot shrink back). The arena is small because the host scans the whole memory for
+/// written pages after each call. Past the arena, fresh pages come from `memory.grow`. The last allocation can be freed or grown in place, which keeps
 /// serialization buffers from copying.
 #[cfg(all(target_arch = "wasm32", feature = "bump-allocator"))]
 pub mod bump {
     use core::alloc::{GlobalAlloc, Layout};
     use core::cell::UnsafeCell;
 
-    const ARENA: usize = 4 << 20;
+    const ARENA: usize = 256 << 10;
 
     #[repr(C, align(16))]
     struct Arena(UnsafeCell<[u8; ARENA]>, UnsafeCell<usize>);
