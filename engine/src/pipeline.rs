@@ -14,6 +14,7 @@ use gatehouse_plugin_abi::{
     Hook, HookResult, Identity, TransformInput, TransformOutput,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// What the host knows of a request before reading its body.
@@ -409,9 +410,10 @@ impl Exchange {
             }
             (Phase::Transform { index }, Input::PluginOutput(out)) => {
                 let name = self.rt()?.spec.transform.get(index).cloned().unwrap_or_default();
-                match decode::<TransformOutput>(&name, out)? {
+                // The new body is kept as the plugin wrote it (checked to be JSON), not parsed and re-encoded.
+                match decode::<TransformOutput<Box<RawValue>>>(&name, out)? {
                     TransformOutput::Body(v) => {
-                        self.body = serde_json::to_vec(&v).map_err(|e| internal("transform output", e))?;
+                        self.body = String::from(Box::<str>::from(v)).into_bytes();
                         self.next_transform(index + 1)
                     }
                     TransformOutput::Reject { reason, too_large: true } => Err(Rejection::PayloadRefused(reason)),
@@ -698,8 +700,11 @@ impl Exchange {
     fn next_transform(&mut self, index: usize) -> Result<Step, Rejection> {
         let rt = self.rt()?;
         if let Some(name) = rt.spec.transform.get(index).cloned() {
-            let body: serde_json::Value = serde_json::from_slice(&self.body)
-                .map_err(|_| Rejection::BadPayload("the request body is not JSON".into()))?;
+            // The body goes to the plugin as the caller's JSON text: checked, not parsed into a tree.
+            let body = std::str::from_utf8(&self.body)
+                .ok()
+                .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+                .ok_or_else(|| Rejection::BadPayload("the request body is not JSON".into()))?;
             let input = TransformInput { route: rt.spec.name.clone(), model: self.model.clone(), body };
             let bytes = serde_json::to_vec(&input).map_err(|e| internal("transform input", e))?;
             let call = self.call(name, Hook::TransformRequest, bytes)?;
