@@ -57,6 +57,26 @@ fn pins_and_imports_are_enforced() {
 
 /// A module that answers with bytes that are not an envelope, or with a region outside its memory, fails the
 /// call (the engine then denies the request); one that imports anything is refused at load.
+/// Loads a module written in the text format as plugin `name` (configuration `{}`, 1 MiB of memory).
+pub(crate) fn load_wat(
+    name: &str,
+    wat_text: &str,
+    timeout: Duration,
+) -> Result<Plugins, gatehouse_host::runtime::LoadError> {
+    let dir = std::env::temp_dir().join(format!("gatehouse-wat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_str(wat_text).unwrap()).unwrap();
+    let r = PluginRef {
+        name: name.into(),
+        module: ModuleSource::Path(path.display().to_string()),
+        sha256: None,
+        config: b"{}".to_vec().into(),
+        hooks: vec![],
+    };
+    Plugins::load([&r], timeout, 1 << 20)
+}
+
 #[test]
 fn garbage_and_importing_modules_are_refused() {
     let manifest = r#"{"name":"garbage","version":"0","kind":"transform","hooks":["transform_request"],"config":{}}"#;
@@ -81,19 +101,8 @@ fn garbage_and_importing_modules_are_refused() {
             len = manifest.len(),
         )
     };
-    let dir = std::env::temp_dir().join(format!("gatehouse-garbage-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let run = |name: &str, wat_text: &str| {
-        let path = dir.join(format!("{name}.wasm"));
-        std::fs::write(&path, wat::parse_str(wat_text).unwrap()).unwrap();
-        let r = PluginRef {
-            name: name.into(),
-            module: ModuleSource::Path(path.display().to_string()),
-            sha256: None,
-            config: b"{}".to_vec().into(),
-            hooks: vec![],
-        };
-        Plugins::load([&r], Duration::from_millis(100), 1 << 20).map(|p| {
+        load_wat(name, wat_text, Duration::from_millis(100)).map(|p| {
             let call = PluginCall {
                 plugin: name.into(),
                 hook: gatehouse_plugin_abi::Hook::TransformRequest,

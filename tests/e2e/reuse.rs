@@ -46,18 +46,7 @@ fn probe(extra: &str) -> String {
 }
 
 fn load(name: &str, wat_text: &str) -> Plugins {
-    let dir = std::env::temp_dir().join(format!("gatehouse-reuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, wat::parse_str(wat_text).unwrap()).unwrap();
-    let r = PluginRef {
-        name: name.into(),
-        module: ModuleSource::Path(path.display().to_string()),
-        sha256: None,
-        config: b"{}".to_vec().into(),
-        hooks: vec![],
-    };
-    Plugins::load([&r], Duration::from_millis(200), 1 << 20).unwrap()
+    super::plugins::load_wat(name, wat_text, Duration::from_millis(200)).unwrap()
 }
 
 fn call(plugins: &Plugins, name: &str, input: &str) -> Result<String, String> {
