@@ -8,10 +8,10 @@
 //! - **memory**: one memory, 32-bit, not shared. After a call its size must still be the initial size (a call
 //!   that grew memory discards the instance: memory cannot shrink), and every page the call changed is copied
 //!   back from the initial image: zeros with the active data segments (constant offsets) written in, as
-//!   instantiation makes it. A module with a start function is not reused (it could change memory first). Changed pages are found by the kernel
-//!   (`PAGEMAP_SCAN`, Linux 6.7+): a page that differs from the snapshot was written, so it is present (or
-//!   swapped out) and private; pages still mapped to the module's image or the zero page, and pages never
-//!   touched, hold their initial contents. Without the ioctl there is no reuse.
+//!   instantiation makes it. A module with a start function is not reused (it could change memory first).
+//!   Changed pages are found by the kernel (`PAGEMAP_SCAN`, Linux 6.7+): a page that differs from the image
+//!   was written, so it is present (or swapped out) and private; pages still mapped to the module's image or
+//!   the zero page, and pages never touched, hold their initial contents. Without the ioctl there is no reuse.
 //! - **globals**: the module is rewritten at load to export every mutable global (`__gatehouse_global_N`); the
 //!   host restores each to its initial value (a numeric constant; other globals: no reuse).
 //! - **tables and segments**: the module must contain none of the instructions that change them
@@ -22,6 +22,7 @@
 //! cannot be completed. The first call of every instance is on a fresh instantiation (see `runtime`).
 
 use wasmparser::{Operator, Parser, Payload};
+use wasmtime::Val;
 
 /// Prefix of the exports the rewrite adds for mutable globals.
 pub const GLOBAL_EXPORT: &str = "__gatehouse_global_";
@@ -37,27 +38,12 @@ pub struct Prepared {
 
 /// The state of an instance right after instantiation, read from the module (no instance is needed, so no
 /// page of any instance is touched to learn it).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Initial {
     /// The memory: the initial number of pages, zeroed, with the active data segments written in.
-    pub memory: Vec<u8>,
-    /// Each mutable global: the export the rewrite added, and its initial value.
-    pub globals: Vec<(String, Value)>,
-}
-
-/// A numeric initial value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Value {
-    /// `i32`.
-    I32(i32),
-    /// `i64`.
-    I64(i64),
-    /// `f32`, as bits.
-    F32(u32),
-    /// `f64`, as bits.
-    F64(u64),
-    /// `v128`.
-    V128(u128),
+    pub memory: Box<[u8]>,
+    /// Each mutable global: the export the rewrite added, and its initial value (a number).
+    pub globals: Vec<(String, Val)>,
 }
 
 /// Analyses `wasm` (already known to be a plugin module: it is validated when compiled) and rewrites it to
@@ -69,11 +55,11 @@ pub fn prepare(wasm: &[u8]) -> Prepared {
     let indexes: Vec<u32> = mutable.iter().map(|(i, _)| *i).collect();
     let Some((bytes, names)) = add_global_exports(wasm, &indexes) else { return unchanged() };
     let globals = names.into_iter().zip(mutable.into_iter().map(|(_, v)| v)).collect();
-    Prepared { bytes, initial: Some(Initial { memory, globals }) }
+    Prepared { bytes, initial: Some(Initial { memory: memory.into(), globals }) }
 }
 
 /// The initial memory and the mutable globals (index, initial value), when instances can be reset.
-type Analysis = Option<(Vec<u8>, Vec<(u32, Value)>)>;
+type Analysis = Option<(Vec<u8>, Vec<(u32, Val)>)>;
 
 /// The initial memory and the mutable globals of the module if its instances can be reset, else `None`.
 fn analyse(wasm: &[u8]) -> wasmparser::Result<Analysis> {
@@ -113,7 +99,7 @@ fn analyse(wasm: &[u8]) -> wasmparser::Result<Analysis> {
                 for d in r {
                     let d = d?;
                     if let wasmparser::DataKind::Active { memory_index, offset_expr } = d.kind {
-                        let (Some(mem), 0, Some(Value::I32(offset))) =
+                        let (Some(mem), 0, Some(Val::I32(offset))) =
                             (memory.as_mut(), memory_index, constant(&offset_expr)?)
                         else {
                             return Ok(None);
@@ -141,14 +127,14 @@ fn analyse(wasm: &[u8]) -> wasmparser::Result<Analysis> {
 }
 
 /// The value of a constant expression made of one numeric constant, else `None`.
-fn constant(expr: &wasmparser::ConstExpr<'_>) -> wasmparser::Result<Option<Value>> {
+fn constant(expr: &wasmparser::ConstExpr<'_>) -> wasmparser::Result<Option<Val>> {
     let mut ops = expr.get_operators_reader();
     let value = match ops.read()? {
-        Operator::I32Const { value } => Value::I32(value),
-        Operator::I64Const { value } => Value::I64(value),
-        Operator::F32Const { value } => Value::F32(value.bits()),
-        Operator::F64Const { value } => Value::F64(value.bits()),
-        Operator::V128Const { value } => Value::V128(u128::from_le_bytes(*value.bytes())),
+        Operator::I32Const { value } => Val::I32(value),
+        Operator::I64Const { value } => Val::I64(value),
+        Operator::F32Const { value } => Val::F32(value.bits()),
+        Operator::F64Const { value } => Val::F64(value.bits()),
+        Operator::V128Const { value } => Val::V128(u128::from_le_bytes(*value.bytes()).into()),
         _ => return Ok(None),
     };
     Ok(matches!(ops.read()?, Operator::End).then_some(value))

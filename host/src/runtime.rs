@@ -3,6 +3,7 @@
 //! to another's, bounded by an epoch deadline and a memory cap. A plugin that traps, runs out of time or
 //! memory, or returns garbage fails that call only.
 
+use crate::reuse::Initial;
 use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
 use gatehouse_plugin_abi::{self as abi, Hook, Manifest};
 use sha2::Digest;
@@ -136,7 +137,7 @@ impl Runtime {
         }
         let prepared = crate::reuse::prepare(bytes);
         let module = Module::new(&self.engine, &prepared.bytes).map_err(|e| format!("not a valid module: {e}"))?;
-        let initial = prepared.initial.filter(|_| crate::reuse::dirty::available()).map(|i| Arc::new(Initial::new(i)));
+        let initial = prepared.initial.filter(|_| crate::reuse::dirty::available()).map(Arc::new);
         let compiled = (module, initial);
         self.modules.lock().map_err(|e| e.to_string())?.insert(sha.to_owned(), compiled.clone());
         Ok(compiled)
@@ -160,40 +161,11 @@ pub struct Plugin {
     reuse: Option<Reuse>,
 }
 
-/// Instances of a plugin kept for reuse, and the state they are reset to.
+/// Instances of a plugin kept for reuse, and the state they are reset to (see [`crate::reuse`]).
 struct Reuse {
     initial: Arc<Initial>,
     /// Reset instances ready for a call.
     parked: Mutex<Vec<Warm>>,
-}
-
-/// The state instances are reset to (see [`crate::reuse`]).
-struct Initial {
-    memory: Box<[u8]>,
-    /// Exports of the mutable globals (added at load) and their initial values.
-    global_names: Vec<String>,
-    globals: Vec<Val>,
-}
-
-impl Initial {
-    fn new(i: crate::reuse::Initial) -> Initial {
-        use crate::reuse::Value;
-        let (global_names, globals) = i
-            .globals
-            .into_iter()
-            .map(|(name, v)| {
-                let v = match v {
-                    Value::I32(x) => Val::I32(x),
-                    Value::I64(x) => Val::I64(x),
-                    Value::F32(x) => Val::F32(x),
-                    Value::F64(x) => Val::F64(x),
-                    Value::V128(x) => Val::V128(x.into()),
-                };
-                (name, v)
-            })
-            .unzip();
-        Initial { memory: i.memory.into(), global_names, globals }
-    }
 }
 
 /// An instance with its exports looked up.
@@ -385,7 +357,7 @@ impl Plugin {
                 w.store.set_epoch_deadline(ticks(timeout));
                 w
             }
-            None => self.warm(&reuse.initial.global_names, memory, timeout)?,
+            None => self.warm(&reuse.initial.globals, memory, timeout)?,
         };
         let out = warm.call(hook, config, input)?;
         // Only an instance that returned normally and is back in its initial state is kept.
@@ -401,8 +373,8 @@ impl Plugin {
         Ok(out)
     }
 
-    /// A fresh instance with its exports looked up (the mutable globals named by `globals`).
-    fn warm(&self, globals: &[String], memory: usize, timeout: Duration) -> Result<Warm, String> {
+    /// A fresh instance with its exports looked up (the mutable globals named in `globals`).
+    fn warm(&self, globals: &[(String, Val)], memory: usize, timeout: Duration) -> Result<Warm, String> {
         let mut store = self.store(timeout, memory);
         let instance = self.pre.instantiate(&mut store).map_err(describe)?;
         let alloc = instance
@@ -418,7 +390,7 @@ impl Plugin {
         let memory = memory_of(&instance, &mut store)?;
         let globals = globals
             .iter()
-            .map(|name| instance.get_global(&mut store, name).ok_or_else(|| format!("no export `{name}`")))
+            .map(|(name, _)| instance.get_global(&mut store, name).ok_or_else(|| format!("no export `{name}`")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Warm { store, memory, alloc, hooks, globals, dirty: Vec::new() })
     }
@@ -439,12 +411,7 @@ impl Warm {
         let (cp, cl) = self.write_region(config)?;
         let (ip, il) = self.write_region(input)?;
         let packed = func.call(&mut self.store, (cp, cl, ip, il)).map_err(describe)?;
-        let (ptr, len) = abi::unpack(packed);
-        self.memory
-            .data(&self.store)
-            .get(ptr as usize..(ptr as usize).saturating_add(len as usize))
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| "it returned a region outside its memory".to_owned())
+        region(self.memory.data(&self.store), packed)
     }
 
     fn write_region(&mut self, bytes: &[u8]) -> Result<(i32, i32), String> {
@@ -475,7 +442,7 @@ impl Warm {
                 _ => return false,
             }
         }
-        for (g, v) in self.globals.iter().zip(&initial.globals) {
+        for (g, (_, v)) in self.globals.iter().zip(&initial.globals) {
             if g.set(&mut self.store, *v).is_err() {
                 return false;
             }
@@ -488,10 +455,14 @@ fn memory_of(instance: &Instance, store: &mut Store<CallState>) -> Result<Memory
     instance.get_memory(&mut *store, abi::exports::MEMORY).ok_or_else(|| "it does not export its memory".to_owned())
 }
 
-fn read_region(instance: &wasmtime::Instance, store: &mut Store<CallState>, packed: i64) -> Result<Vec<u8>, String> {
-    let (ptr, len) = abi::unpack(packed);
+fn read_region(instance: &Instance, store: &mut Store<CallState>, packed: i64) -> Result<Vec<u8>, String> {
     let mem = memory_of(instance, store)?;
-    let data = mem.data(&*store);
+    region(mem.data(&*store), packed)
+}
+
+/// A copy of the packed region `packed` of the guest's memory `data`.
+fn region(data: &[u8], packed: i64) -> Result<Vec<u8>, String> {
+    let (ptr, len) = abi::unpack(packed);
     data.get(ptr as usize..(ptr as usize).saturating_add(len as usize))
         .map(<[u8]>::to_vec)
         .ok_or_else(|| "it returned a region outside its memory".to_owned())

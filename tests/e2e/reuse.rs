@@ -4,7 +4,7 @@
 //! initial values, whatever the calls before it did.
 
 use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
-use gatehouse_host::reuse::{Value, prepare};
+use gatehouse_host::reuse::prepare;
 use gatehouse_host::runtime::Plugins;
 use gatehouse_plugin_abi::Hook;
 use std::time::Duration;
@@ -122,8 +122,8 @@ fn modules_whose_state_cannot_be_reset_get_a_fresh_instance_per_call() {
     assert_eq!(&initial.memory[..MANIFEST.len()], MANIFEST.as_bytes());
     assert_eq!(initial.memory[512], b'A');
     assert!(initial.memory[513..].iter().all(|b| *b == 0));
-    let globals: Vec<(&str, Value)> = initial.globals.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    assert_eq!(globals, [("__gatehouse_global_0", Value::I32(4096)), ("__gatehouse_global_1", Value::I32(0))]);
+    let globals: Vec<(&str, Option<i32>)> = initial.globals.iter().map(|(n, v)| (n.as_str(), v.i32())).collect();
+    assert_eq!(globals, [("__gatehouse_global_0", Some(4096)), ("__gatehouse_global_1", Some(0))]);
 }
 
 #[test]

@@ -329,8 +329,8 @@ pub mod adapt {
 /// nothing needs freeing, and because the arena is part of the module's initial memory a typical call never
 /// executes `memory.grow`: growing costs the host an `mprotect` per call and keeps the native host from reusing
 /// the instance (memory cannot shrink back). The arena is small because the host scans the whole memory for
-/// written pages after each call. Past the arena, fresh pages come from `memory.grow`. The last allocation can be freed or grown in place, which keeps
-/// serialization buffers from copying.
+/// written pages after each call. Past the arena, fresh pages come from `memory.grow`. The last allocation can
+/// be freed or grown in place, which keeps serialization buffers from copying.
 #[cfg(all(target_arch = "wasm32", feature = "bump-allocator"))]
 pub mod bump {
     use core::alloc::{GlobalAlloc, Layout};
