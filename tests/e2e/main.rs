@@ -6,6 +6,7 @@ mod conformance;
 mod embed;
 mod plugins;
 mod reuse;
+mod rsa_vectors;
 mod workers;
 
 use gatehouse_tests::*;

@@ -74,7 +74,7 @@ fn verify_with(key: &Value, alg: &str, input: &[u8], sig: &[u8]) -> Result<(), &
     const BAD_SIG: &str = "the token's signature is invalid";
     match alg {
         "RS256" | "RS384" | "RS512" | "PS256" => {
-            use crate::rsa::{PublicKey, verify_pkcs1, verify_pss};
+            use gatehouse_rsa::{PublicKey, verify_pkcs1, verify_pss};
             let public = PublicKey::new(&member(key, "n")?, &member(key, "e")?)?;
             if public.bits() < MIN_RSA_BITS {
                 return Err("the issuer's RSA key is shorter than 2048 bits");

@@ -8,7 +8,6 @@
 mod claims;
 mod config;
 mod keys;
-mod rsa;
 mod token;
 
 pub use config::{Config, IssuerConfig};
