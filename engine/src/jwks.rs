@@ -5,11 +5,14 @@ use serde_json::Value;
 use std::sync::Arc;
 
 /// The cached keys of one issuer.
+///
+/// Times are milliseconds since the Unix epoch: whole seconds would let a refetch "at most once per second"
+/// follow the last one by a millisecond when a second boundary falls between them.
 #[derive(Debug, Clone, Default)]
 pub struct IssuerKeys {
     keys: Option<Arc<Value>>,
-    fresh_until: i64,
-    last_fetch: Option<i64>,
+    fresh_until_ms: i64,
+    last_fetch_ms: Option<i64>,
     version: u64,
     attempts: u64,
 }
@@ -28,17 +31,16 @@ pub enum Want {
 }
 
 impl IssuerKeys {
-    /// Whether the host should fetch now (`min_interval` bounds refetches triggered by unknown keys).
-    pub fn should_fetch(&self, now: i64, want: Want, min_interval: u64) -> bool {
-        let since_last = self.last_fetch.map_or(i64::MAX, |t| now.saturating_sub(t));
+    /// Whether the host should fetch at `now_ms` (`min_interval_secs` bounds refetches triggered by unknown
+    /// keys).
+    pub fn should_fetch(&self, now_ms: i64, want: Want, min_interval_secs: u64) -> bool {
+        let since_last = self.last_fetch_ms.map_or(i64::MAX, |t| now_ms.saturating_sub(t));
         let wanted = match want {
-            Want::Current => self.keys.is_none() || now >= self.fresh_until,
-            Want::UnknownKey { seen } => {
-                seen == self.version && since_last >= i64::try_from(min_interval).unwrap_or(i64::MAX)
-            }
+            Want::Current => self.keys.is_none() || now_ms >= self.fresh_until_ms,
+            Want::UnknownKey { seen } => seen == self.version && since_last >= millis(min_interval_secs),
         };
         // A failed fetch is retried no more often than once a second.
-        wanted && since_last >= 1
+        wanted && since_last >= 1000
     }
 
     /// The keys to use: fresh or stale (stale keys keep serving while the provider is down).
@@ -56,20 +58,24 @@ impl IssuerKeys {
         self.attempts
     }
 
-    /// Records a fetch attempt's outcome. `cache_control` is the response's header; the server's
-    /// `max-age` is honoured within `[60, max_age_cap]` seconds.
-    pub fn record(&mut self, now: i64, outcome: Result<(Value, Option<&str>), String>, max_age_cap: u64) {
-        self.last_fetch = Some(now);
+    /// Records the outcome of a fetch attempt made at `now_ms`. `cache_control` is the response's header; the
+    /// server's `max-age` is honoured within `[60, max_age_cap]` seconds.
+    pub fn record(&mut self, now_ms: i64, outcome: Result<(Value, Option<&str>), String>, max_age_cap: u64) {
+        self.last_fetch_ms = Some(now_ms);
         self.attempts += 1;
         if let Ok((jwks, cache_control)) = outcome {
             let ttl = max_age(cache_control).unwrap_or(max_age_cap).clamp(60.min(max_age_cap), max_age_cap);
-            self.fresh_until = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+            self.fresh_until_ms = now_ms.saturating_add(millis(ttl));
             if self.keys.as_deref() != Some(&jwks) {
                 self.version += 1;
                 self.keys = Some(Arc::new(jwks));
             }
         }
     }
+}
+
+fn millis(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 fn max_age(cache_control: Option<&str>) -> Option<u64> {
@@ -115,28 +121,39 @@ mod tests {
     #[test]
     fn freshness_follows_max_age_within_bounds() {
         let mut k = IssuerKeys::default();
-        assert!(k.should_fetch(1000, Want::Current, 30));
-        k.record(1000, Ok((json!({"keys": []}), Some("public, max-age=120"))), 3600);
-        assert!(!k.should_fetch(1100, Want::Current, 30));
-        assert!(k.should_fetch(1120, Want::Current, 30));
-        k.record(2000, Ok((json!({"keys": []}), Some("max-age=999999"))), 600);
-        assert!(!k.should_fetch(2599, Want::Current, 30));
-        assert!(k.should_fetch(2600, Want::Current, 30));
+        assert!(k.should_fetch(1000000, Want::Current, 30));
+        k.record(1000000, Ok((json!({"keys": []}), Some("public, max-age=120"))), 3600);
+        assert!(!k.should_fetch(1100000, Want::Current, 30));
+        assert!(k.should_fetch(1120000, Want::Current, 30));
+        k.record(2000000, Ok((json!({"keys": []}), Some("max-age=999999"))), 600);
+        assert!(!k.should_fetch(2599000, Want::Current, 30));
+        assert!(k.should_fetch(2600000, Want::Current, 30));
     }
 
     #[test]
     fn unknown_key_refetch_is_rate_limited_and_failures_keep_keys() {
         let mut k = IssuerKeys::default();
-        k.record(1000, Ok((json!({"keys": [{"kid": "a"}]}), None)), 3600);
+        k.record(1000000, Ok((json!({"keys": [{"kid": "a"}]}), None)), 3600);
         let v = k.version();
         let seen = k.version();
-        assert!(!k.should_fetch(1010, Want::UnknownKey { seen }, 30));
-        assert!(k.should_fetch(1030, Want::UnknownKey { seen }, 30));
-        assert!(!k.should_fetch(1030, Want::UnknownKey { seen: seen - 1 }, 30), "a newer set is the answer");
-        k.record(1030, Err("down".into()), 3600);
+        assert!(!k.should_fetch(1010000, Want::UnknownKey { seen }, 30));
+        assert!(k.should_fetch(1030000, Want::UnknownKey { seen }, 30));
+        assert!(!k.should_fetch(1030000, Want::UnknownKey { seen: seen - 1 }, 30), "a newer set is the answer");
+        k.record(1030000, Err("down".into()), 3600);
         assert_eq!(k.version(), v);
         assert!(k.current().is_some());
-        assert!(!k.should_fetch(1040, Want::UnknownKey { seen: k.version() }, 30));
+        assert!(!k.should_fetch(1040000, Want::UnknownKey { seen: k.version() }, 30));
+    }
+
+    /// "Once per second" means a thousand milliseconds, whatever second boundary falls in between.
+    #[test]
+    fn intervals_are_measured_in_milliseconds() {
+        let mut k = IssuerKeys::default();
+        k.record(1_999, Ok((json!({"keys": [{"kid": "a"}]}), None)), 3600);
+        let seen = k.version();
+        assert!(!k.should_fetch(2_001, Want::UnknownKey { seen }, 1), "2 ms later, across a second boundary");
+        assert!(!k.should_fetch(2_998, Want::UnknownKey { seen }, 1));
+        assert!(k.should_fetch(2_999, Want::UnknownKey { seen }, 1));
     }
 
     #[test]

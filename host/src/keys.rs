@@ -24,8 +24,9 @@ pub struct KeyStore {
     client: HttpClient,
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+/// Milliseconds since the Unix epoch: the unit of [`IssuerKeys`]' fetch times.
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl KeyStore {
@@ -50,7 +51,7 @@ impl KeyStore {
         let interval = slot.spec.jwks_refresh_interval_secs;
         let attempts_seen = {
             let st = slot.state.lock().ok()?;
-            if !st.should_fetch(unix_now(), want, interval) {
+            if !st.should_fetch(unix_now_ms(), want, interval) {
                 return key_set(&st);
             }
             st.attempts()
@@ -66,10 +67,10 @@ impl KeyStore {
         let outcome = self.fetch(slot).await;
         let mut st = slot.state.lock().ok()?;
         match outcome {
-            Ok((jwks, cc)) => st.record(unix_now(), Ok((jwks, cc.as_deref())), slot.spec.jwks_max_age_secs),
+            Ok((jwks, cc)) => st.record(unix_now_ms(), Ok((jwks, cc.as_deref())), slot.spec.jwks_max_age_secs),
             Err(e) => {
                 crate::log(format_args!("fetching keys of `{}` failed: {e}", slot.spec.issuer));
-                st.record(unix_now(), Err(e), slot.spec.jwks_max_age_secs);
+                st.record(unix_now_ms(), Err(e), slot.spec.jwks_max_age_secs);
             }
         }
         key_set(&st)

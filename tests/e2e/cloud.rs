@@ -457,8 +457,11 @@ async fn forward_auth_grants_carry_the_upstream_credential() {
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap()
     };
+    // One token for both requests: a token minted per request differs once a second boundary passes (`iat`),
+    // and the decision cache is keyed by the token.
+    let alice = c.alice();
     for _ in 0..2 {
-        let res = client().request(req(&c.alice())).await.unwrap();
+        let res = client().request(req(&alice)).await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["authorization"], "Bearer sk-old");
         assert_eq!(res.headers()["x-gatehouse-subject"], "alice");

@@ -160,8 +160,8 @@ fn command(st: &mut State, cmd: &Value) -> Result<Value, String> {
             } else {
                 Want::Current
             };
-            let now = ShimClock.unix_secs();
-            if !slot.keys.should_fetch(now, want, spec.jwks_refresh_interval_secs) {
+            let now_ms = NOW_MS.load(Ordering::Relaxed) as i64;
+            if !slot.keys.should_fetch(now_ms, want, spec.jwks_refresh_interval_secs) {
                 return Ok(json!({"ready": true}));
             }
             let mut fetch = KeyFetch::new(spec, slot.jwks_uri.clone());
@@ -247,7 +247,7 @@ fn key_step(slot: &mut Issuer, step: KeyStep, max_age_cap: u64) -> Result<Value,
             }
             let error = outcome.as_ref().err().cloned();
             let outcome = outcome.as_ref().map(|(v, cc)| (v.clone(), cc.as_deref())).map_err(Clone::clone);
-            slot.keys.record(ShimClock.unix_secs(), outcome, max_age_cap);
+            slot.keys.record(NOW_MS.load(Ordering::Relaxed) as i64, outcome, max_age_cap);
             Ok(json!({"ready": true, "error": error}))
         }
     }
