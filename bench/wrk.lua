@@ -1,6 +1,6 @@
 -- wrk script for bench/run: POSTs a prediction with a bearer token from TOKENS (one per line, taken in turn
--- across all connections: with 1,000 tokens they rotate, with the fresh set each request gets a new one),
--- optionally paced by DELAY_MS per request and connection, and prints one JSON line of figures at the end.
+-- across all connections: with 1,000 tokens they rotate, with the fresh set each request gets a new one), and
+-- prints one JSON line of figures at the end.
 local tokens = {}
 local file = os.getenv("TOKENS")
 if file and file ~= "" then
@@ -8,7 +8,6 @@ if file and file ~= "" then
     if #line > 0 then tokens[#tokens + 1] = line end
   end
 end
-local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
 local counter = 0
 local thread_id = 0
 local threads = {}
@@ -34,10 +33,6 @@ function request()
     wrk.headers["authorization"] = "Bearer " .. tokens[(counter % #tokens) + 1]
   end
   return wrk.format()
-end
-
-function delay()
-  return delay_ms
 end
 
 function done(summary, latency, requests)

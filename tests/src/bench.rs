@@ -171,3 +171,192 @@ pub fn rego_module(n: usize) -> String {
     }
     text
 }
+
+/// What [`load_at_rate`] measured.
+pub struct OpenLoop {
+    /// Requests answered per second.
+    pub rps: f64,
+    /// Median and 99th percentile, each request timed from when it was *due*, not from when it went out, so a
+    /// server that falls behind is charged for the wait (no coordinated omission).
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Requests answered (any status).
+    pub count: usize,
+    /// Answers that were not 200.
+    pub non2xx: usize,
+    /// Requests that failed (connection errors, unreadable answers).
+    pub errors: usize,
+}
+
+/// Open-loop load: POSTs `body` to `http://addr{path}` at `rate` requests/s for `secs` seconds (after one
+/// second of the same load, not counted), evenly spaced whatever the answers' pace, bearer tokens taken in
+/// turn. A thread sleeps to each request's due time (sub-millisecond) and queues it; `conns` keep-alive
+/// connections take queued requests in turn, so the load arrives as a steady stream rather than in the bursts
+/// a millisecond-tick pacer (wrk's `delay`) makes. HTTP/1.1 is written and read by hand (the answer's
+/// `Content-Length` or chunked body), a few microseconds per request, so the generator stays light beside the
+/// server on a small machine. Run it on a current-thread runtime inside a `LocalSet`.
+pub async fn load_at_rate(
+    addr: std::net::SocketAddr,
+    path: &str,
+    tokens: Arc<Vec<String>>,
+    body: &'static str,
+    rate: f64,
+    secs: f64,
+    conns: usize,
+) -> OpenLoop {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    const WARMUP: f64 = 1.0;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let total = ((WARMUP + secs) * rate) as u64;
+    let warmup = (WARMUP * rate) as u64;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let start = Instant::now() + Duration::from_millis(20);
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    });
+    let queue = Rc::new(tokio::sync::Mutex::new(rx));
+    let tally = Rc::new(RefCell::new((Vec::new(), 0usize, 0usize)));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    let mut handles = Vec::new();
+    for _ in 0..conns {
+        let (queue, tally, tokens, head) = (queue.clone(), tally.clone(), tokens.clone(), head.clone());
+        handles.push(tokio::task::spawn_local(async move {
+            let mut conn: Option<tokio::net::TcpStream> = None;
+            let (mut req, mut buf) = (Vec::new(), Vec::new());
+            loop {
+                let job = { queue.lock().await.recv().await };
+                let Some((i, due)) = job else { break };
+                req.clear();
+                req.extend_from_slice(head.as_bytes());
+                if !tokens.is_empty() {
+                    req.extend_from_slice(b"authorization: Bearer ");
+                    req.extend_from_slice(tokens[i as usize % tokens.len()].as_bytes());
+                    req.extend_from_slice(b"\r\n");
+                }
+                req.extend_from_slice(b"\r\n");
+                req.extend_from_slice(body.as_bytes());
+                let reused = conn.is_some();
+                let mut status = exchange(&mut conn, addr, &req, &mut buf).await;
+                if status.is_err() {
+                    conn = None;
+                    // A server closes idle or well-used keep-alive connections (nginx after 1,000 requests):
+                    // once more on a new connection, as HTTP clients do.
+                    if reused {
+                        status = exchange(&mut conn, addr, &req, &mut buf).await;
+                        if status.is_err() {
+                            conn = None;
+                        }
+                    }
+                }
+                let took = due.elapsed();
+                if i >= warmup {
+                    let mut t = tally.borrow_mut();
+                    match status {
+                        Ok(code) => {
+                            t.1 += usize::from(code != 200);
+                            t.0.push(took);
+                        }
+                        Err(_) => t.2 += 1,
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    pacer.join().unwrap();
+    let (mut lat, non2xx, errors) = Rc::try_unwrap(tally).ok().unwrap().into_inner();
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
+    OpenLoop {
+        rps: lat.len() as f64 / secs,
+        p50: pct(0.50).unwrap_or_default(),
+        p99: pct(0.99).unwrap_or_default(),
+        count: lat.len(),
+        non2xx,
+        errors,
+    }
+}
+
+/// One request on `conn` (connected first if needed) and its whole answer read: the status code.
+async fn exchange(
+    conn: &mut Option<tokio::net::TcpStream>,
+    addr: std::net::SocketAddr,
+    req: &[u8],
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    if conn.is_none() {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        *conn = Some(s);
+    }
+    let s = conn.as_mut().ok_or_else(|| bad("no connection"))?;
+    s.write_all(req).await?;
+    buf.clear();
+    // Head.
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(bad("closed before the head"));
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("head not UTF-8"))?.to_ascii_lowercase();
+    let status: u16 = head.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| bad("no status"))?;
+    let header =
+        |name: &str| head.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim));
+    if let Some(len) = header("content-length") {
+        let len: usize = len.parse().map_err(|_| bad("content-length"))?;
+        while buf.len() < head_end + len {
+            if s.read_buf(buf).await? == 0 {
+                return Err(bad("closed in the body"));
+            }
+        }
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut at = head_end;
+        loop {
+            // A chunk: size line, data, CRLF; the last has size 0 and ends with an empty line.
+            let line_end = loop {
+                if let Some(p) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                    break at + p;
+                }
+                if s.read_buf(buf).await? == 0 {
+                    return Err(bad("closed in a chunk size"));
+                }
+            };
+            let size_text = std::str::from_utf8(&buf[at..line_end]).map_err(|_| bad("chunk size"))?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("chunk size"))?;
+            let end = line_end + 2 + size + 2;
+            while buf.len() < end {
+                if s.read_buf(buf).await? == 0 {
+                    return Err(bad("closed in a chunk"));
+                }
+            }
+            at = end;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if status != 204 && status != 304 {
+        return Err(bad("an answer without a length"));
+    }
+    Ok(status)
+}
