@@ -241,32 +241,43 @@ impl PublicKey {
         self.bits
     }
 
-    /// `R² mod n = 2^(56·limbs) mod n` by long division: from a power of two below `n`, each step multiplies
-    /// by 2^28 (a shift by one limb) and takes off `q̂·n`, the quotient estimated from the top 60 bits of the
-    /// value and the top 32 of `n`. The estimate is never above the true quotient and at most one below it (its
-    /// error is below `2^60/2^62 + 2^-31`), so one conditional subtraction ends each step: about `limbs` steps
-    /// of one row each, a third of a Montgomery multiplication.
+    /// `R² mod n = 2^(56k) mod n` (k limbs). With `Aⱼ = 2^(28(k+j)) mod n` (the Montgomery form of `2^(28j)`):
+    /// `A₀ = R mod n` is one long-division step from `2^(28(k-1)) < n`, each further step gives the next `Aⱼ`,
+    /// and a Montgomery square doubles j. So `⌊k/2⌋ + 1` steps, one square and, for odd k, one more step: about
+    /// two thirds of the cost of `k` steps of division.
     fn r_squared(&self) -> Vec<u32> {
+        let k = self.n.len();
+        let mut x = vec![0u32; k + 1];
+        x[k - 1] = 1;
+        self.times_2_28(&mut x, k / 2 + 1);
+        let mut sq = vec![0u32; k];
+        self.mont_sqr(&x[..k], &mut sq);
+        x[..k].copy_from_slice(&sq);
+        self.times_2_28(&mut x, k % 2);
+        x.truncate(k);
+        x
+    }
+
+    /// `x ← x·2^(28·steps) mod n` for `x < n` (k + 1 limbs, the top one zero), by long division: each step shifts
+    /// by one limb and takes off `q̂·n`, the quotient estimated from the top 60 bits of the value and the top 32
+    /// of `n`. The estimate is never above the true quotient and at most one below it (its error is below
+    /// `2^60/2^62 + 2^-31`), so one conditional subtraction ends each step.
+    fn times_2_28(&self, x: &mut [u32], steps: usize) {
         let (n, np) = (&self.n[..], &self.n_padded[..]);
         let k = n.len();
         let top = self.bits - 32;
         let n_top = bits_from(n, top) + 1;
-        // Start from 2^(bits-1-r) < n, r making the remaining shift a whole number of limbs.
-        let total = 2 * W as usize * k - (self.bits - 1);
-        let r = (W as usize - total % W as usize) % W as usize;
-        let start = self.bits - 1 - r;
-        let mut x = vec![0u32; k + 1];
-        x[start / W as usize] = 1 << (start % W as usize);
-        let mut d = vec![0i64; k + 1];
-        for _ in 0..(total + r) / W as usize {
+        let mut d = [0i64; MAX_LIMBS + 1];
+        let d = &mut d[..=k];
+        for _ in 0..steps {
             // x·2^28 − q̂·n word by word, no carries (independent iterations), then one carry pass.
-            let q = (bits_from(&x, top - W as usize) / n_top) as i64;
+            let q = (bits_from(x, top - W as usize) / n_top) as i64;
             d[0] = -q * i64::from(n[0]);
             for ((d, &xl), &nl) in d[1..].iter_mut().zip(&x[..k]).zip(&np[2..]) {
                 *d = i64::from(xl) - q * i64::from(nl);
             }
             let mut carry = 0i64;
-            for (l, &v) in x.iter_mut().zip(&d) {
+            for (l, &v) in x.iter_mut().zip(d.iter()) {
                 let v = v + carry;
                 *l = v as u32 & MASK;
                 carry = v >> W;
@@ -278,8 +289,6 @@ impl PublicKey {
             }
             debug_assert_eq!(high[0], 0);
         }
-        x.truncate(k);
-        x
     }
 
     /// `out = a²·R⁻¹ mod n` for normalized `a < n`: each cross product once, doubled (k(k+1)/2 products
