@@ -121,28 +121,28 @@ mod tests {
     #[test]
     fn freshness_follows_max_age_within_bounds() {
         let mut k = IssuerKeys::default();
-        assert!(k.should_fetch(1000000, Want::Current, 30));
-        k.record(1000000, Ok((json!({"keys": []}), Some("public, max-age=120"))), 3600);
-        assert!(!k.should_fetch(1100000, Want::Current, 30));
-        assert!(k.should_fetch(1120000, Want::Current, 30));
-        k.record(2000000, Ok((json!({"keys": []}), Some("max-age=999999"))), 600);
-        assert!(!k.should_fetch(2599000, Want::Current, 30));
-        assert!(k.should_fetch(2600000, Want::Current, 30));
+        assert!(k.should_fetch(1_000_000, Want::Current, 30));
+        k.record(1_000_000, Ok((json!({"keys": []}), Some("public, max-age=120"))), 3600);
+        assert!(!k.should_fetch(1_100_000, Want::Current, 30));
+        assert!(k.should_fetch(1_120_000, Want::Current, 30));
+        k.record(2_000_000, Ok((json!({"keys": []}), Some("max-age=999999"))), 600);
+        assert!(!k.should_fetch(2_599_000, Want::Current, 30));
+        assert!(k.should_fetch(2_600_000, Want::Current, 30));
     }
 
     #[test]
     fn unknown_key_refetch_is_rate_limited_and_failures_keep_keys() {
         let mut k = IssuerKeys::default();
-        k.record(1000000, Ok((json!({"keys": [{"kid": "a"}]}), None)), 3600);
+        k.record(1_000_000, Ok((json!({"keys": [{"kid": "a"}]}), None)), 3600);
         let v = k.version();
         let seen = k.version();
-        assert!(!k.should_fetch(1010000, Want::UnknownKey { seen }, 30));
-        assert!(k.should_fetch(1030000, Want::UnknownKey { seen }, 30));
-        assert!(!k.should_fetch(1030000, Want::UnknownKey { seen: seen - 1 }, 30), "a newer set is the answer");
-        k.record(1030000, Err("down".into()), 3600);
+        assert!(!k.should_fetch(1_010_000, Want::UnknownKey { seen }, 30));
+        assert!(k.should_fetch(1_030_000, Want::UnknownKey { seen }, 30));
+        assert!(!k.should_fetch(1_030_000, Want::UnknownKey { seen: seen - 1 }, 30), "a newer set is the answer");
+        k.record(1_030_000, Err("down".into()), 3600);
         assert_eq!(k.version(), v);
         assert!(k.current().is_some());
-        assert!(!k.should_fetch(1040000, Want::UnknownKey { seen: k.version() }, 30));
+        assert!(!k.should_fetch(1_040_000, Want::UnknownKey { seen: k.version() }, 30));
     }
 
     /// "Once per second" means a thousand milliseconds, whatever second boundary falls in between.

@@ -1,7 +1,7 @@
 //! Plugin call costs in the native host: a tiny transform in an instance reset after each call (what the host
-//! does, see `gatehouse_host::reuse`) and in a fresh instance per call, and the JWT plugin verifying RS256 / ES256 / EdDSA tokens in wasm, beside the same
-//! verification done natively by `jsonwebtoken` (RustCrypto backend), and RSA verification alone in wasm beside
-//! ring natively.
+//! does, see `gatehouse_host::reuse`) and in a fresh instance per call; the JWT plugin verifying RS256 / ES256 /
+//! EdDSA tokens in wasm, beside the same verification done natively by `jsonwebtoken` (RustCrypto backend); and
+//! RSA verification alone in wasm beside ring natively.
 //!
 //! Run: `cargo bench -p gatehouse-tests --bench plugins`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]

