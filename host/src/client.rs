@@ -12,17 +12,17 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<B
 
 /// Builds a client that speaks HTTP/1.1 over TCP or TLS (web PKI roots).
 pub fn build() -> HttpClient {
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(crate::upstream::IDLE_TIMEOUT).build(connector())
+}
+
+/// Opens TCP connections (no Nagle, 5 s to connect), with TLS (web PKI roots) for `https` URLs.
+pub fn connector() -> hyper_rustls::HttpsConnector<HttpConnector> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https)
+    hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().wrap_connector(http)
 }
 
 /// A small document fetched with GET: status, `Cache-Control`, body.

@@ -4,6 +4,7 @@ use crate::audit::AuditSink;
 use crate::client::HttpClient;
 use crate::keys::KeyStore;
 use crate::runtime::Plugins;
+use crate::upstream::Upstreams;
 use bytes::Bytes;
 use gatehouse_engine::jwks::Want;
 use gatehouse_engine::{AfterUpstream, Answer, Engine, Exchange, Input, RequestHead, Step, Upstream};
@@ -36,6 +37,7 @@ pub struct Loaded {
 pub struct Gateway {
     current: Arc<RwLock<Arc<Loaded>>>,
     client: HttpClient,
+    upstreams: Upstreams,
     audit: Arc<AuditSink>,
     local: Option<Arc<dyn LocalRoutes>>,
 }
@@ -49,16 +51,24 @@ pub trait LocalRoutes: Send + Sync {
 impl Gateway {
     /// A gateway over a loaded configuration.
     pub fn new(loaded: Loaded, client: HttpClient, audit: AuditSink) -> Gateway {
-        Gateway { current: Arc::new(RwLock::new(Arc::new(loaded))), client, audit: Arc::new(audit), local: None }
+        Gateway {
+            current: Arc::new(RwLock::new(Arc::new(loaded))),
+            client,
+            upstreams: Upstreams::new(),
+            audit: Arc::new(audit),
+            local: None,
+        }
     }
 
     /// Another handle on this gateway for one worker thread: the same configuration (a reload through either
-    /// reaches both), audit sink and local routes, with its own HTTP client, so the upstream connections it
-    /// pools are driven by the runtime of the thread that uses them (no cross-thread wake-up per request).
+    /// reaches both), audit sink and local routes, with its own HTTP client and upstream pool, so the
+    /// connections it keeps are driven by the runtime of the thread that uses them (no cross-thread wake-up per
+    /// request).
     pub fn worker(&self) -> Gateway {
         Gateway {
             current: Arc::clone(&self.current),
             client: crate::client::build(),
+            upstreams: Upstreams::new(),
             audit: Arc::clone(&self.audit),
             local: self.local.clone(),
         }
@@ -213,10 +223,10 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return self.fail(ex, false, &format!("cannot build the upstream request: {e}")),
         };
-        let sent = tokio::time::timeout(Duration::from_millis(up.timeout_ms), self.client.request(req)).await;
+        let sent = tokio::time::timeout(Duration::from_millis(up.timeout_ms), self.upstreams.send(req)).await;
         let res = match sent {
             Err(_) => return self.fail(ex, true, "timeout"),
-            Ok(Err(e)) => return self.fail(ex, false, &connect_reason(&e)),
+            Ok(Err(e)) => return self.fail(ex, false, &e.to_string()),
             Ok(Ok(res)) => res,
         };
         let content_type = res.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
@@ -250,10 +260,6 @@ impl Gateway {
         self.audit.write(&ex.finish());
         answer_response(answer)
     }
-}
-
-fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
-    if e.is_connect() { "cannot connect to the upstream".into() } else { "the upstream broke the connection".into() }
 }
 
 async fn read_body<B>(body: B, limit: u64) -> Input

@@ -60,6 +60,7 @@ pub mod keys;
 pub mod reuse;
 pub mod runtime;
 pub mod service;
+pub mod upstream;
 
 pub use audit::AuditSink;
 pub use gateway::{Gateway, Loaded, ResponseBody, Verdict};

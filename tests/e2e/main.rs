@@ -7,6 +7,7 @@ mod embed;
 mod plugins;
 mod reuse;
 mod rsa_vectors;
+mod upstream;
 mod workers;
 
 use gatehouse_tests::*;
