@@ -164,8 +164,27 @@ pub struct Plugin {
 /// Instances of a plugin kept for reuse, and the state they are reset to (see [`crate::reuse`]).
 struct Reuse {
     initial: Arc<Initial>,
-    /// Reset instances ready for a call.
-    parked: Mutex<Vec<Warm>>,
+    /// Reset instances ready for a call, one list per thread slot ([`thread_slot`]): an instance goes back to
+    /// the thread that used it, so its pages stay in that core's caches instead of moving between cores.
+    parked: Box<[Mutex<Vec<Warm>>]>,
+}
+
+/// Lists of parked instances per plugin.
+const THREAD_SLOTS: usize = 8;
+
+/// This thread's list of parked instances: threads are numbered as they first call a plugin.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % THREAD_SLOTS;
+    }
+    SLOT.with(|s| *s)
+}
+
+impl Reuse {
+    fn new(initial: Arc<Initial>) -> Reuse {
+        Reuse { initial, parked: (0..THREAD_SLOTS).map(|_| Mutex::new(Vec::new())).collect() }
+    }
 }
 
 /// An instance with its exports looked up.
@@ -180,7 +199,7 @@ struct Warm {
 
 impl Drop for Reuse {
     fn drop(&mut self) {
-        let n = self.parked.get_mut().map(|p| p.len()).unwrap_or(0);
+        let n: usize = self.parked.iter_mut().map(|p| p.get_mut().map_or(0, |p| p.len())).sum();
         PARKED.fetch_sub(n, Ordering::Relaxed);
     }
 }
@@ -250,7 +269,7 @@ impl Plugins {
                 reuse: None,
             };
             plugin.manifest = plugin.read_manifest(memory).map_err(invalid)?;
-            plugin.reuse = initial.map(|initial| Reuse { initial, parked: Mutex::new(Vec::new()) });
+            plugin.reuse = initial.map(Reuse::new);
             if let Some(hook) = r.hooks.iter().find(|h| !plugin.manifest.hooks.contains(h)) {
                 return Err(invalid(format!(
                     "the configuration uses it for `{}`, which its manifest does not list (it implements: {})",
@@ -350,7 +369,8 @@ impl Plugin {
             let mut warm = self.warm(&[], memory, timeout)?;
             return warm.call(hook, config, input);
         };
-        let parked = reuse.parked.lock().ok().and_then(|mut p| p.pop());
+        let slot = reuse.parked.get(thread_slot()).ok_or("no instance list for this thread")?;
+        let parked = slot.lock().ok().and_then(|mut p| p.pop());
         let mut warm = match parked {
             Some(mut w) => {
                 PARKED.fetch_sub(1, Ordering::Relaxed);
@@ -363,7 +383,7 @@ impl Plugin {
         // Only an instance that returned normally and is back in its initial state is kept.
         if warm.reset(&reuse.initial) {
             if PARKED.fetch_add(1, Ordering::Relaxed) < MAX_PARKED
-                && let Ok(mut parked) = reuse.parked.lock()
+                && let Ok(mut parked) = slot.lock()
             {
                 parked.push(warm);
             } else {
