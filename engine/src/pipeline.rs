@@ -323,8 +323,9 @@ impl Exchange {
         Ok(self.enter(Phase::Keys { refresh: false }, Step::FetchKeys { issuer, refresh: false, seen: 0 }))
     }
 
-    fn rt(&self) -> Result<Arc<RouteRuntime>, Rejection> {
-        self.route.clone().ok_or(Rejection::NoRoute)
+    /// The matched route (borrowed: an `Arc` clone here would write its count, a line every worker shares).
+    fn rt(&self) -> Result<&Arc<RouteRuntime>, Rejection> {
+        self.route.as_ref().ok_or(Rejection::NoRoute)
     }
 
     fn enter(&mut self, phase: Phase, step: Step) -> Step {

@@ -119,8 +119,9 @@ impl Gateway {
             }
             _ => body,
         };
-        match self.drive(&parts, body, peer, false).await {
-            Outcome::Forward(ex, upstream) => self.forward(*ex, upstream, self.loaded()).await,
+        let loaded = self.loaded();
+        match self.drive(&loaded, &parts, body, peer, false).await {
+            Outcome::Forward(ex, upstream) => self.forward(*ex, upstream, &loaded).await,
             Outcome::Grant(grant) => grant_response(grant),
             Outcome::Answer(answer) => answer_response(answer),
         }
@@ -133,7 +134,7 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        match self.drive(parts, body, peer, true).await {
+        match self.drive(&self.loaded(), parts, body, peer, true).await {
             Outcome::Grant(g) => Verdict::Allow { headers: g.headers },
             Outcome::Answer(a) => Verdict::Deny(a),
             Outcome::Forward(mut ex, _) => {
@@ -143,12 +144,18 @@ impl Gateway {
     }
 
     /// Runs the engine until it answers, grants or asks to forward; writes the audit record unless forwarding.
-    async fn drive<B>(&self, parts: &http::request::Parts, body: B, peer: SocketAddr, decide_only: bool) -> Outcome
+    async fn drive<B>(
+        &self,
+        loaded: &Loaded,
+        parts: &http::request::Parts,
+        body: B,
+        peer: SocketAddr,
+        decide_only: bool,
+    ) -> Outcome
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let loaded = self.loaded();
         let head = RequestHead {
             request_id: request_id(),
             method: parts.method.as_str().to_owned(),
@@ -163,7 +170,7 @@ impl Gateway {
             decide_only,
         };
         let (ex, step) = loaded.engine.start(head);
-        self.run(&loaded, ex, step, Some(body)).await
+        self.run(loaded, ex, step, Some(body)).await
     }
 
     /// Performs the steps the engine asks for until it answers, grants or forwards.
@@ -214,7 +221,7 @@ impl Gateway {
         }
     }
 
-    async fn forward(&self, mut ex: Exchange, up: Upstream, loaded: Arc<Loaded>) -> Response<ResponseBody> {
+    async fn forward(&self, mut ex: Exchange, up: Upstream, loaded: &Loaded) -> Response<ResponseBody> {
         let mut builder = Request::builder().method(up.method.as_str()).uri(&up.url);
         for (n, v) in &up.headers {
             builder = builder.header(n, v);
@@ -236,7 +243,7 @@ impl Gateway {
                 Err(_) => Vec::new(),
             };
             let step = ex.resume(Input::UpstreamError(bytes));
-            return match self.run::<Full<Bytes>>(&loaded, ex, step, None).await {
+            return match self.run::<Full<Bytes>>(loaded, ex, step, None).await {
                 Outcome::Answer(a) => answer_response(a),
                 Outcome::Grant(g) => grant_response(g),
                 Outcome::Forward(ex, _) => self.fail(*ex, false, "the engine asked to forward twice"),
