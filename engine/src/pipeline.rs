@@ -842,9 +842,24 @@ impl Exchange {
 
     /// Ends the exchange and returns its audit record.
     pub fn finish(mut self) -> AuditRecord {
+        self.take_record()
+    }
+
+    /// The audit record, for a host that keeps the exchange itself (see [`Exchange::caller_gone`]); the
+    /// exchange must not be used afterwards.
+    pub fn take_record(&mut self) -> AuditRecord {
         self.account();
         self.audit.latency_us.total = self.engine.clock().micros().saturating_sub(self.started);
-        self.audit
+        std::mem::take(&mut self.audit)
+    }
+
+    /// The caller closed the connection before its answer was sent (the host dropped the request): the
+    /// record says so with status 499 (nginx's "client closed request"), keeping the decision made so far. A
+    /// request already forwarded may have reached the backend: this record is its only trace.
+    pub fn caller_gone(&mut self) {
+        self.audit.status = 499;
+        self.audit.reason = Some("caller-gone".into());
+        self.audit.detail = Some("the caller closed the connection before the answer".into());
     }
 
     /// The verified identity, once authentication succeeded.

@@ -138,7 +138,9 @@ impl Gateway {
             Outcome::Grant(g) => Verdict::Allow { headers: g.headers },
             Outcome::Answer(a) => Verdict::Deny(a),
             Outcome::Forward(mut ex, _) => {
-                Verdict::Deny(ex.upstream_failed(false, "the engine asked to forward a decide-only request"))
+                let answer = ex.upstream_failed(false, "the engine asked to forward a decide-only request");
+                ex.finish();
+                Verdict::Deny(answer)
             }
         }
     }
@@ -151,7 +153,7 @@ impl Gateway {
         body: B,
         peer: SocketAddr,
         decide_only: bool,
-    ) -> Outcome
+    ) -> Outcome<'_>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -170,11 +172,11 @@ impl Gateway {
             decide_only,
         };
         let (ex, step) = loaded.engine.start(head);
-        self.run(loaded, ex, step, Some(body)).await
+        self.run(loaded, Audited::new(ex, &self.audit), step, Some(body)).await
     }
 
     /// Performs the steps the engine asks for until it answers, grants or forwards.
-    async fn run<B>(&self, loaded: &Loaded, mut ex: Exchange, mut step: Step, mut body: Option<B>) -> Outcome
+    async fn run<'a, B>(&self, loaded: &Loaded, mut ex: Audited<'a>, mut step: Step, mut body: Option<B>) -> Outcome<'a>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -196,12 +198,12 @@ impl Gateway {
                     return Outcome::Forward(Box::new(ex), upstream);
                 }
                 Step::Respond(answer) => {
-                    self.audit.write(&ex.finish());
+                    ex.finish();
                     return Outcome::Answer(answer);
                 }
                 Step::Grant(grant) => {
                     self.background(&mut ex);
-                    self.audit.write(&ex.finish());
+                    ex.finish();
                     return Outcome::Grant(grant);
                 }
             };
@@ -221,7 +223,7 @@ impl Gateway {
         }
     }
 
-    async fn forward(&self, mut ex: Exchange, up: Upstream, loaded: &Loaded) -> Response<ResponseBody> {
+    async fn forward(&self, mut ex: Audited<'_>, up: Upstream, loaded: &Loaded) -> Response<ResponseBody> {
         let mut builder = Request::builder().method(up.method.as_str()).uri(&up.url);
         for (n, v) in &up.headers {
             builder = builder.header(n, v);
@@ -249,7 +251,7 @@ impl Gateway {
                 Outcome::Forward(ex, _) => self.fail(*ex, false, "the engine asked to forward twice"),
             };
         }
-        self.audit.write(&ex.finish());
+        ex.finish();
         let (mut parts, incoming) = res.into_parts();
         for name in ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authenticate", "trailer"] {
             parts.headers.remove(name);
@@ -262,9 +264,9 @@ impl Gateway {
         Response::from_parts(parts, incoming.map_err(BoxError::from).boxed())
     }
 
-    fn fail(&self, mut ex: Exchange, timed_out: bool, reason: &str) -> Response<ResponseBody> {
+    fn fail(&self, mut ex: Audited<'_>, timed_out: bool, reason: &str) -> Response<ResponseBody> {
         let answer = ex.upstream_failed(timed_out, reason);
-        self.audit.write(&ex.finish());
+        ex.finish();
         answer_response(answer)
     }
 }
@@ -281,8 +283,52 @@ where
     }
 }
 
-enum Outcome {
-    Forward(Box<Exchange>, Upstream),
+/// An exchange whose audit record is written exactly once: by [`Audited::finish`], or, if the exchange is
+/// dropped unfinished (the caller hung up and hyper dropped the request's future, possibly while the
+/// upstream was working on it), marked as the caller's doing when it is dropped.
+struct Audited<'a> {
+    ex: Exchange,
+    audit: &'a AuditSink,
+    written: bool,
+}
+
+impl<'a> Audited<'a> {
+    fn new(ex: Exchange, audit: &'a AuditSink) -> Audited<'a> {
+        Audited { ex, audit, written: false }
+    }
+
+    /// Ends the exchange: writes its record.
+    fn finish(&mut self) {
+        if !std::mem::replace(&mut self.written, true) {
+            self.audit.write(&self.ex.take_record());
+        }
+    }
+}
+
+impl Drop for Audited<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            self.ex.caller_gone();
+            self.finish();
+        }
+    }
+}
+
+impl std::ops::Deref for Audited<'_> {
+    type Target = Exchange;
+    fn deref(&self) -> &Exchange {
+        &self.ex
+    }
+}
+
+impl std::ops::DerefMut for Audited<'_> {
+    fn deref_mut(&mut self) -> &mut Exchange {
+        &mut self.ex
+    }
+}
+
+enum Outcome<'a> {
+    Forward(Box<Audited<'a>>, Upstream),
     Grant(gatehouse_engine::Grant),
     Answer(Answer),
 }
