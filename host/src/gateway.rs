@@ -188,7 +188,11 @@ impl Gateway {
                     Input::Keys(loaded.keys.keys(issuer, want).await)
                 }
                 Step::ReadBody { limit } => match body.take() {
-                    Some(b) => read_body(b, limit).await,
+                    Some(b) => {
+                        let (input, hung_up) = read_body(b, limit).await;
+                        ex.caller_left = hung_up;
+                        input
+                    }
                     None => Input::Body(Vec::new()),
                 },
                 Step::CallPlugin(call) => Input::PluginOutput(loaded.plugins.call(&call)),
@@ -271,16 +275,27 @@ impl Gateway {
     }
 }
 
-async fn read_body<B>(body: B, limit: u64) -> Input
+/// The body, and whether reading it failed because the caller closed the connection mid-body.
+async fn read_body<B>(body: B, limit: u64) -> (Input, bool)
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
-        Ok(c) => Input::Body(c.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Input::BodyTooLarge,
-        Err(_) => Input::BodyUnreadable,
+        Ok(c) => (Input::Body(c.to_bytes().to_vec()), false),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => (Input::BodyTooLarge, false),
+        Err(e) => (Input::BodyUnreadable, caller_hung_up(&*e)),
     }
+}
+
+/// Whether reading a body failed because the caller closed the connection before sending all of it (hyper
+/// reports an unexpected end of file; other body types cannot tell).
+fn caller_hung_up(e: &(dyn std::error::Error + 'static)) -> bool {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else { return false };
+    h.is_incomplete_message()
+        || std::error::Error::source(h)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
 /// An exchange whose audit record is written exactly once: by [`Audited::finish`], or, if the exchange is
@@ -290,16 +305,22 @@ struct Audited<'a> {
     ex: Exchange,
     audit: &'a AuditSink,
     written: bool,
+    /// The caller closed the connection while its body was being read: whatever the engine answers goes
+    /// nowhere, and the record says why.
+    caller_left: bool,
 }
 
 impl<'a> Audited<'a> {
     fn new(ex: Exchange, audit: &'a AuditSink) -> Audited<'a> {
-        Audited { ex, audit, written: false }
+        Audited { ex, audit, written: false, caller_left: false }
     }
 
     /// Ends the exchange: writes its record.
     fn finish(&mut self) {
         if !std::mem::replace(&mut self.written, true) {
+            if self.caller_left {
+                self.ex.caller_gone();
+            }
             self.audit.write(&self.ex.take_record());
         }
     }
@@ -308,7 +329,7 @@ impl<'a> Audited<'a> {
 impl Drop for Audited<'_> {
     fn drop(&mut self) {
         if !self.written {
-            self.ex.caller_gone();
+            self.caller_left = true;
             self.finish();
         }
     }

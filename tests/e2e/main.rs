@@ -474,7 +474,7 @@ async fn a_caller_that_hangs_up_still_leaves_an_audit_record() {
     assert_eq!(r["reason"], "caller-gone", "{r}");
     assert_eq!(r["subject"], "alice", "{r}");
     assert!(!w.gw.audit_text().contains(&t), "no token in the audit log");
-    // One that hangs up while its body is being read (authenticated, not yet decided): the body is unreadable.
+    // One that hangs up while its body is being read (authenticated, not yet decided): the default deny.
     let mut s = tokio::net::TcpStream::connect(w.gw.addr).await.unwrap();
     let head = format!(
         "POST /slow/demo:predict HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-length: 100\r\n\r\n{{"
@@ -489,7 +489,7 @@ async fn a_caller_that_hangs_up_still_leaves_an_audit_record() {
     let r = records[1];
     assert_eq!(
         (&r["decision"], &r["status"], &r["reason"]),
-        (&json!("deny"), &json!(400), &json!("bad-payload")),
+        (&json!("deny"), &json!(499), &json!("caller-gone")),
         "{r}"
     );
     assert_eq!(r["subject"], "alice", "{r}");
