@@ -453,40 +453,34 @@ async fn a_caller_that_hangs_up_still_leaves_an_audit_record() {
     use tokio::io::AsyncWriteExt;
     let w = world(&["rsa1"], 300).await;
     let t = w.token("alice", &["data-scientists"]);
-    // The backend of `/slow` answers after 2 s; the caller gives up after 100 ms, before any answer.
-    let mut s = tokio::net::TcpStream::connect(w.gw.addr).await.unwrap();
-    let body = "{}";
-    let req = format!(
-        "POST /slow/demo:predict HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(s);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let audit = w.gw.audit();
-    let records: Vec<_> = audit.iter().filter(|a| a["path"] == "/slow/demo:predict").collect();
-    assert_eq!(records.len(), 1, "{audit:?}");
-    let r = records[0];
+    // Sends `request` and hangs up after 100 ms; returns the audit records of `/slow` once `settle` has passed.
+    let gw = &w.gw;
+    let hang_up = |request: String, settle: u64| async move {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(settle)).await;
+        let audit = gw.audit();
+        audit.into_iter().filter(|a| a["path"] == "/slow/demo:predict").collect::<Vec<_>>()
+    };
+    // The backend of `/slow` answers after 2 s; the caller gives up before any answer.
+    let head = format!("POST /slow/demo:predict HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n");
+    let records = hang_up(format!("{head}content-length: 2\r\n\r\n{{}}"), 1500).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
     // Authorized and forwarded: the backend may have worked on it, and this record is its only trace.
-    assert_eq!(r["decision"], "allow", "{r}");
-    assert_eq!(r["status"], 499, "{r}");
-    assert_eq!(r["reason"], "caller-gone", "{r}");
+    assert_eq!(
+        (&r["decision"], &r["status"], &r["reason"]),
+        (&json!("allow"), &json!(499), &json!("caller-gone")),
+        "{r}"
+    );
     assert_eq!(r["subject"], "alice", "{r}");
     assert!(!w.gw.audit_text().contains(&t), "no token in the audit log");
     // One that hangs up while its body is being read (authenticated, not yet decided): the default deny.
-    let mut s = tokio::net::TcpStream::connect(w.gw.addr).await.unwrap();
-    let head = format!(
-        "POST /slow/demo:predict HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-length: 100\r\n\r\n{{"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(s);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let audit = w.gw.audit();
-    let records: Vec<_> = audit.iter().filter(|a| a["path"] == "/slow/demo:predict").collect();
-    assert_eq!(records.len(), 2, "{audit:?}");
-    let r = records[1];
+    let records = hang_up(format!("{head}content-length: 100\r\n\r\n{{"), 300).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let r = &records[1];
     assert_eq!(
         (&r["decision"], &r["status"], &r["reason"]),
         (&json!("deny"), &json!(499), &json!("caller-gone")),
