@@ -50,7 +50,8 @@ pub struct AuditRecord {
     pub jti_sha256: Option<String>,
     /// `allow` or `deny`.
     pub decision: String,
-    /// Why the request was not forwarded or failed (a stable kind), if it was not served.
+    /// Why the request was not forwarded or failed (a stable kind), if it was not served: a problem type's
+    /// name (`forbidden`, `upstream-timeout`, ...), or `caller-gone` when the caller hung up first.
     pub reason: Option<String>,
     /// Explanation of the reason.
     pub detail: Option<String>,
@@ -58,7 +59,7 @@ pub struct AuditRecord {
     pub policy_ids: Vec<String>,
     /// Cedar evaluation errors.
     pub policy_errors: Vec<String>,
-    /// Status sent to the caller.
+    /// Status sent to the caller; 499 when the caller hung up before its answer (nginx's convention).
     pub status: u16,
     /// Status the upstream answered with.
     pub upstream_status: Option<u16>,
