@@ -133,8 +133,11 @@ pub enum Input {
     Body(Vec<u8>),
     /// The body exceeded the limit.
     BodyTooLarge,
-    /// The body could not be read (the client broke off).
+    /// The body could not be read (malformed framing, or a body type that cannot say why).
     BodyUnreadable,
+    /// The caller closed the connection before sending its whole body: the exchange ends as
+    /// [`Exchange::caller_gone`] says, and its answer goes nowhere.
+    CallerGone,
     /// The plugin's output bytes, or why the call failed (trap, deadline, memory).
     PluginOutput(Result<Vec<u8>, String>),
     /// The credential a flow obtained, or why it could not.
@@ -402,6 +405,12 @@ impl Exchange {
             }
             (Phase::Body, Input::BodyUnreadable) => {
                 Err(Rejection::BadPayload("the request body could not be read".into()))
+            }
+            (Phase::Body, Input::CallerGone) => {
+                self.account();
+                self.phase = Phase::Done;
+                self.caller_gone();
+                Ok(Step::Respond(Answer { status: 499, headers: Vec::new(), body: String::new() }))
             }
             (Phase::Body, Input::Body(body)) => {
                 self.account();
@@ -874,6 +883,7 @@ fn input_name(i: &Input) -> &'static str {
         Input::Body(_) => "Body",
         Input::BodyTooLarge => "BodyTooLarge",
         Input::BodyUnreadable => "BodyUnreadable",
+        Input::CallerGone => "CallerGone",
         Input::PluginOutput(_) => "PluginOutput",
         Input::Credential(_) => "Credential",
         Input::UpstreamError(_) => "UpstreamError",

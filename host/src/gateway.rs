@@ -188,11 +188,7 @@ impl Gateway {
                     Input::Keys(loaded.keys.keys(issuer, want).await)
                 }
                 Step::ReadBody { limit } => match body.take() {
-                    Some(b) => {
-                        let (input, hung_up) = read_body(b, limit).await;
-                        ex.caller_left = hung_up;
-                        input
-                    }
+                    Some(b) => read_body(b, limit).await,
                     None => Input::Body(Vec::new()),
                 },
                 Step::CallPlugin(call) => Input::PluginOutput(loaded.plugins.call(&call)),
@@ -275,16 +271,16 @@ impl Gateway {
     }
 }
 
-/// The body, and whether reading it failed because the caller closed the connection mid-body.
-async fn read_body<B>(body: B, limit: u64) -> (Input, bool)
+async fn read_body<B>(body: B, limit: u64) -> Input
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
-        Ok(c) => (Input::Body(c.to_bytes().to_vec()), false),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => (Input::BodyTooLarge, false),
-        Err(e) => (Input::BodyUnreadable, caller_hung_up(&*e)),
+        Ok(c) => Input::Body(c.to_bytes().to_vec()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Input::BodyTooLarge,
+        Err(e) if caller_hung_up(&*e) => Input::CallerGone,
+        Err(_) => Input::BodyUnreadable,
     }
 }
 
@@ -305,22 +301,16 @@ struct Audited<'a> {
     ex: Exchange,
     audit: &'a AuditSink,
     written: bool,
-    /// The caller closed the connection while its body was being read: whatever the engine answers goes
-    /// nowhere, and the record says why.
-    caller_left: bool,
 }
 
 impl<'a> Audited<'a> {
     fn new(ex: Exchange, audit: &'a AuditSink) -> Audited<'a> {
-        Audited { ex, audit, written: false, caller_left: false }
+        Audited { ex, audit, written: false }
     }
 
     /// Ends the exchange: writes its record.
     fn finish(&mut self) {
         if !std::mem::replace(&mut self.written, true) {
-            if self.caller_left {
-                self.ex.caller_gone();
-            }
             self.audit.write(&self.ex.take_record());
         }
     }
@@ -329,7 +319,7 @@ impl<'a> Audited<'a> {
 impl Drop for Audited<'_> {
     fn drop(&mut self) {
         if !self.written {
-            self.caller_left = true;
+            self.ex.caller_gone();
             self.finish();
         }
     }
