@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 use gatehouse_host::upstream::{UpstreamError, Upstreams};
+use gatehouse_tests::raw_http::{content_length, read_head, read_to};
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// How a test server treats a connection after answering.
@@ -56,27 +57,10 @@ async fn connection(
     let mut buf = Vec::new();
     loop {
         // One request: a head, then Content-Length bytes.
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Ok((head_end, head)) = read_head(&mut s, &mut buf).await else { return };
+        let len = content_length(&head).unwrap();
+        if read_to(&mut s, &mut buf, head_end + len).await.is_err() {
+            return;
         }
         let body = buf[head_end..head_end + len].to_vec();
         buf.drain(..head_end + len);

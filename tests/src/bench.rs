@@ -296,8 +296,8 @@ async fn exchange(
     req: &[u8],
     buf: &mut Vec<u8>,
 ) -> std::io::Result<u16> {
+    use crate::raw_http::{bad, content_length, header, read_head, read_to};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     if conn.is_none() {
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
@@ -306,27 +306,11 @@ async fn exchange(
     let s = conn.as_mut().ok_or_else(|| bad("no connection"))?;
     s.write_all(req).await?;
     buf.clear();
-    // Head.
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if s.read_buf(buf).await? == 0 {
-            return Err(bad("closed before the head"));
-        }
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("head not UTF-8"))?.to_ascii_lowercase();
+    let (head_end, head) = read_head(s, buf).await?;
     let status: u16 = head.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| bad("no status"))?;
-    let header =
-        |name: &str| head.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim));
-    if let Some(len) = header("content-length") {
-        let len: usize = len.parse().map_err(|_| bad("content-length"))?;
-        while buf.len() < head_end + len {
-            if s.read_buf(buf).await? == 0 {
-                return Err(bad("closed in the body"));
-            }
-        }
-    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    if header(&head, "content-length").is_some() {
+        read_to(s, buf, head_end + content_length(&head)?).await?;
+    } else if header(&head, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         let mut at = head_end;
         loop {
             // A chunk: size line, data, CRLF; the last has size 0 and ends with an empty line.
@@ -342,11 +326,7 @@ async fn exchange(
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| bad("chunk size"))?;
             let end = line_end + 2 + size + 2;
-            while buf.len() < end {
-                if s.read_buf(buf).await? == 0 {
-                    return Err(bad("closed in a chunk"));
-                }
-            }
+            read_to(s, buf, end).await?;
             at = end;
             if size == 0 {
                 break;

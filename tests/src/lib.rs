@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub mod bench;
 pub mod cloud;
+pub mod raw_http;
 pub mod workerd;
 
 pub const AUD: &str = "api://gatehouse";
