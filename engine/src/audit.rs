@@ -51,7 +51,8 @@ pub struct AuditRecord {
     /// `allow` or `deny`.
     pub decision: String,
     /// Why the request was not forwarded or failed (a stable kind), if it was not served: a problem type's
-    /// name (`forbidden`, `upstream-timeout`, ...), or `caller-gone` when the caller hung up first.
+    /// name (`forbidden`, `upstream-timeout`, ...), `caller-gone` when the caller hung up first, or
+    /// `host-failed` when the host itself failed (answered 500).
     pub reason: Option<String>,
     /// Explanation of the reason.
     pub detail: Option<String>,

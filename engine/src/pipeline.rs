@@ -871,6 +871,15 @@ impl Exchange {
         self.audit.detail = Some("the caller closed the connection before the answer".into());
     }
 
+    /// The host itself failed while the exchange was under way (a Workers shim exception) and answered 500:
+    /// the record says so, keeping the decision made so far. The detail is fixed text: a host's error
+    /// message may quote what it was handling.
+    pub fn host_failed(&mut self) {
+        self.audit.status = 500;
+        self.audit.reason = Some("host-failed".into());
+        self.audit.detail = Some("the host failed while handling the request".into());
+    }
+
     /// The verified identity, once authentication succeeded.
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_deref()

@@ -18,6 +18,10 @@ pub const SHIM: &str = include_str!("../worker/shim.js");
 /// The Workers compatibility date the bundle is written for.
 pub const COMPATIBILITY_DATE: &str = "2025-09-01";
 
+/// The compatibility flags the shim needs: `enable_request_signal` tells it when a caller hangs up, so the
+/// exchange still gets its audit record (status 499, `caller-gone`) and the upstream request is cancelled.
+pub const COMPATIBILITY_FLAGS: &[&str] = &["enable_request_signal"];
+
 /// What a bundle holds.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -112,9 +116,10 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
     );
     write("bundle.js", module.as_bytes())?;
 
+    let flags = COMPATIBILITY_FLAGS;
     let mut wrangler = format!(
         "# Written by `gatehouse bundle`. Deploy with `wrangler deploy` in this directory.\n\
-         name = \"gatehouse\"\nmain = \"worker.js\"\ncompatibility_date = \"{COMPATIBILITY_DATE}\"\n\n\
+         name = \"gatehouse\"\nmain = \"worker.js\"\ncompatibility_date = \"{COMPATIBILITY_DATE}\"\ncompatibility_flags = {flags:?}\n\n\
          [[rules]]\ntype = \"CompiledWasm\"\nglobs = [\"**/*.wasm\"]\nfallthrough = false\n"
     );
     if !report.secrets.is_empty() {

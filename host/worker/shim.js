@@ -102,14 +102,16 @@ async function readLimited(stream, limit) {
   return { bytes };
 }
 
-// fetch with a deadline on the response headers only (a streamed body may take longer).
-async function fetchWithDeadline(url, init, ms) {
+// fetch with a deadline on the response headers only (a streamed body may take longer), cancelled early when
+// `cancel` (an AbortSignal) fires.
+async function fetchWithDeadline(url, init, ms, cancel) {
   const controller = new AbortController();
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
     controller.abort();
   }, ms);
+  cancel?.addEventListener("abort", () => controller.abort());
   try {
     return await fetch(url, { ...init, signal: controller.signal });
   } catch (e) {
@@ -200,7 +202,39 @@ function answer(a) {
 
 const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authenticate", "trailer"];
 
-async function handle(request, env, ctx) {
+// Thrown by a request's calls into the core once its caller has hung up: that exchange is over.
+const CALLER_GONE = Symbol("caller gone");
+
+// One request's exchange in the core, ended exactly once with its audit record written: `finish` when the
+// answer goes out, `caller_gone` when the caller hangs up first (request.signal, with the
+// `enable_request_signal` compatibility flag), `host_failed` when this shim throws. A caller that hangs up
+// also cancels the upstream request under way, as the native host does.
+class Exchange {
+  constructor(request, head) {
+    const { ex, step } = call({ op: "start", head });
+    this.id = ex;
+    this.first = step;
+    this.cancel = new AbortController();
+    request.signal?.addEventListener("abort", () => {
+      this.end("caller_gone");
+      this.cancel.abort();
+    });
+  }
+
+  call(cmd) {
+    if (this.id === null) throw CALLER_GONE;
+    return call({ ...cmd, ex: this.id });
+  }
+
+  end(op) {
+    if (this.id === null) return;
+    const ex = this.id;
+    this.id = null;
+    audit(call({ op, ex }));
+  }
+}
+
+async function handle(request, env, ctx, open) {
   ensureLoaded();
   const url = new URL(request.url);
   const head = {
@@ -212,24 +246,30 @@ async function handle(request, env, ctx) {
     client_ip: request.headers.get("cf-connecting-ip") ?? "0.0.0.0",
     decide_only: false,
   };
-  let { ex, step } = call({ op: "start", head });
+  const x = new Exchange(request, head);
+  open.exchange = x;
+  let step = x.first;
   for (;;) {
     let input;
     if (step.fetch_keys) {
       input = await keys(step.fetch_keys.issuer, step.fetch_keys.refresh, step.fetch_keys.seen);
     } else if (step.read_body) {
       const r = await readLimited(request.body, step.read_body.limit).catch(() => ({ unreadable: true }));
+      if (r.unreadable && request.signal?.aborted) {
+        x.end("caller_gone");
+        throw CALLER_GONE;
+      }
       input = r.tooLarge ? { body_too_large: true } : r.unreadable ? { body_unreadable: true } : { body_b64: toBase64(r.bytes) };
     } else if (step.call_plugin) {
       input = { plugin_output: callPlugin(step.call_plugin) };
     } else if (step.obtain_credential) {
       input = await credential(step.obtain_credential.flow, step.obtain_credential.key, env);
     } else if (step.respond) {
-      audit(call({ op: "finish", ex }));
+      x.end("finish");
       return answer(step.respond);
     } else if (step.grant) {
       background(step, env, ctx);
-      audit(call({ op: "finish", ex }));
+      x.end("finish");
       return new Response(null, { status: 200, headers: step.grant.headers });
     } else if (step.forward) {
       background(step, env, ctx);
@@ -241,20 +281,21 @@ async function handle(request, env, ctx) {
           up.url,
           { method: up.method, headers: up.headers, body: bodyless ? undefined : fromBase64(up.body_b64), redirect: "manual" },
           up.timeout_ms,
+          x.cancel.signal,
         );
       } catch (e) {
-        const failed = call({ op: "failed", ex, timed_out: !!e.timedOut, reason: e.timedOut ? "timeout" : "cannot connect to the upstream" });
-        audit(call({ op: "finish", ex }));
+        const failed = x.call({ op: "failed", timed_out: !!e.timedOut, reason: e.timedOut ? "timeout" : "cannot connect to the upstream" });
+        x.end("finish");
         return answer(failed.respond);
       }
-      const after = call({ op: "responded", ex, status: res.status, content_type: res.headers.get("content-type") });
+      const after = x.call({ op: "responded", status: res.status, content_type: res.headers.get("content-type") });
       if (after.read_error !== undefined) {
         const r = await readLimited(res.body, after.read_error).catch(() => ({ bytes: new Uint8Array(0) }));
         const bytes = r.bytes ?? new Uint8Array(0);
-        step = call({ op: "resume", ex, input: { upstream_error_b64: toBase64(bytes) } }).step;
+        step = x.call({ op: "resume", input: { upstream_error_b64: toBase64(bytes) } }).step;
         continue;
       }
-      audit(call({ op: "finish", ex }));
+      x.end("finish");
       const headers = new Headers(res.headers);
       for (const h of HOP_BY_HOP) headers.delete(h);
       for (const [n, v] of up.response_headers) headers.set(n, v);
@@ -262,16 +303,24 @@ async function handle(request, env, ctx) {
     } else {
       throw new Error(`unknown step ${JSON.stringify(step)}`);
     }
-    step = call({ op: "resume", ex, input }).step;
+    step = x.call({ op: "resume", input }).step;
   }
 }
 
 export default {
   async fetch(request, env, ctx) {
+    const open = { exchange: null };
     try {
-      return await handle(request, env, ctx);
+      return await handle(request, env, ctx, open);
     } catch (e) {
+      // Nobody is waiting for this answer; the exchange's record was written at the hang-up.
+      if (e === CALLER_GONE) return new Response(null, { status: 499 });
       console.error(`gatehouse: ${e && e.stack ? e.stack : e}`);
+      try {
+        open.exchange?.end("host_failed");
+      } catch (_) {
+        // The core itself failed: nothing more to record.
+      }
       const body = JSON.stringify({ type: "urn:gatehouse:problem:internal", title: "Internal Server Error", status: 500, detail: "the gateway failed" });
       return new Response(body, { status: 500, headers: { "content-type": "application/problem+json" } });
     }

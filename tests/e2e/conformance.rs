@@ -250,6 +250,50 @@ fn check(case: &Value, got: &Outcome, audit: Option<&Value>) -> Vec<String> {
     errors
 }
 
+/// A case whose caller hangs up `ms` after sending its request, before any answer: only its audit record
+/// can be checked, found by the token's subject (unique to the case). Native host: the connection closes.
+/// Workers: through the edge stand-in, which cancels the invocation then (see `workerd::EDGE_JS`).
+async fn hang_up(host: &Host, case: &Value, fakes: &Fakes, ms: u64) -> Vec<String> {
+    use tokio::io::AsyncWriteExt;
+    let r = &case["request"];
+    let spec = &r["token"];
+    let subject = spec["sub"].as_str().expect("a hang-up case names a unique subject");
+    let body = match &r["body"] {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    // A caller may leave mid-body: it declares more than it sends.
+    let length = r.get("declared_length").and_then(Value::as_u64).unwrap_or(body.len() as u64);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: gatehouse\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         x-hang-up-after-ms: {ms}\r\ncontent-length: {}\r\n",
+        r["path"].as_str().unwrap(),
+        token(spec, &fakes.idp),
+        length
+    );
+    match host {
+        Host::Native(g) => {
+            let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+            s.write_all(format!("{head}\r\n{body}").as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Host::Workers(w) => {
+            let mut s = tokio::net::TcpStream::connect(w.edge).await.unwrap();
+            s.write_all(format!("{head}connection: close\r\n\r\n{body}").as_bytes()).await.unwrap();
+            let (_, answer) = gatehouse_tests::raw_http::read_head(&mut s, &mut Vec::new()).await.unwrap_or_default();
+            if !answer.starts_with("HTTP/1.1 499") {
+                return vec![format!("the edge stand-in answered {answer:?}, not 499 (cancelled)")];
+            }
+        }
+    }
+    let want = &case["expect"]["audit"];
+    match host.audit("subject", subject).await {
+        Some(a) if subset(want, &a) => vec![],
+        Some(a) => vec![format!("audit {a} does not contain {want}")],
+        None => vec!["no audit record".into()],
+    }
+}
+
 enum Host {
     Native(Gateway),
     Workers(Workerd),
@@ -268,13 +312,14 @@ impl Host {
             Host::Workers(w) => w.url(""),
         }
     }
-    async fn audit(&self, request_id: &str) -> Option<Value> {
+    /// The audit record with `field` equal to `value`, waiting up to 2 s for it.
+    async fn audit(&self, field: &str, value: &str) -> Option<Value> {
         for _ in 0..100 {
             let records = match self {
                 Host::Native(g) => g.audit(),
                 Host::Workers(w) => w.audit(),
             };
-            if let Some(r) = records.into_iter().find(|r| r["request_id"] == request_id) {
+            if let Some(r) = records.into_iter().find(|r| r[field] == value) {
                 return Some(r);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -325,12 +370,22 @@ async fn every_case_passes_on_both_hosts() {
         let workers = tokio::task::spawn_blocking(move || Workerd::start(&file_s, &out)).await.unwrap();
         for host in [Host::Native(native), Host::Workers(workers)] {
             for (name, case) in &cases {
+                if let Some(ms) = case["request"].get("hang_up_after_ms").and_then(Value::as_u64) {
+                    let errors = hang_up(&host, case, &fakes, ms).await;
+                    ran += 1;
+                    failures.extend(errors.into_iter().map(|e| format!("{} {name}: {e}", host.name())));
+                    continue;
+                }
                 let outcome = send(&host.base(), case, &fakes).await;
                 let errors = match outcome {
                     Err(e) => vec![e],
                     Ok(got) => {
                         let id = got.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                        let audit = if case["expect"].get("audit").is_some() { host.audit(&id).await } else { None };
+                        let audit = if case["expect"].get("audit").is_some() {
+                            host.audit("request_id", &id).await
+                        } else {
+                            None
+                        };
                         check(case, &got, audit.as_ref())
                     }
                 };

@@ -73,6 +73,7 @@ backend = "vertex"
     assert!(
         wrangler.contains("main = \"worker.js\"") && wrangler.contains("CompiledWasm") && wrangler.contains(&binding)
     );
+    assert!(wrangler.contains("compatibility_flags = [\"enable_request_signal\"]"), "{wrangler}");
     let js = std::fs::read_to_string(out.join("bundle.js")).unwrap();
     assert!(js.contains(&format!("\"{}/token\":\"{binding}\"", dir.display())), "secret file mapped to its binding");
 }

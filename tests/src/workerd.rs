@@ -17,6 +17,8 @@ pub fn binary() -> PathBuf {
 /// A running workerd serving a bundle.
 pub struct Workerd {
     pub addr: SocketAddr,
+    /// Where the Worker is reached through a stand-in for Cloudflare's edge (see [`EDGE_JS`]).
+    pub edge: SocketAddr,
     pub dir: PathBuf,
     child: Child,
     output: Arc<Mutex<String>>,
@@ -33,8 +35,27 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The workerd configuration for the bundle in `dir`, listening on `port`, with `secrets` as text bindings.
-pub fn capnp(dir: &Path, port: u16, secrets: &[(String, String)]) -> String {
+/// A Worker standing in for Cloudflare's edge in front of Gatehouse, where a caller that hangs up cancels the
+/// Worker's invocation (its handler stops; `request.signal` fires). Standalone workerd does not notice a
+/// caller's connection closing (the handler runs on), so the caller says when it leaves
+/// (`x-hang-up-after-ms`) and this front cancels its subrequest to Gatehouse then: the same cancellation.
+const EDGE_JS: &str = r#"export default {
+  async fetch(request, env) {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), Number(request.headers.get("x-hang-up-after-ms") ?? 0));
+    try {
+      return await env.GATEHOUSE.fetch(request, { signal: controller.signal });
+    } catch (e) {
+      return new Response(null, { status: 499 });
+    }
+  },
+};
+"#;
+
+/// The workerd configuration for the bundle in `dir`, listening on `port` (and `edge_port`, through the
+/// [`EDGE_JS`] front), with `secrets` as text bindings.
+pub fn capnp(dir: &Path, port: u16, edge_port: u16, secrets: &[(String, String)]) -> String {
+    std::fs::write(dir.join("edge.js"), EDGE_JS).unwrap();
     let mut modules = String::new();
     for m in ["worker.js", "bundle.js"] {
         let _ = writeln!(modules, "    (name = \"{m}\", esModule = embed \"{m}\"),");
@@ -58,8 +79,18 @@ const config :Workerd.Config = (
   services = [
     (name = "gatehouse", worker = .worker),
     (name = "loopback", network = (allow = ["public", "private", "local"])),
+    (name = "edge", worker = .edge),
   ],
-  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "gatehouse")],
+  sockets = [
+    (name = "http", address = "127.0.0.1:{port}", http = (), service = "gatehouse"),
+    (name = "edge", address = "127.0.0.1:{edge_port}", http = (), service = "edge"),
+  ],
+);
+
+const edge :Workerd.Worker = (
+  modules = [(name = "edge.js", esModule = embed "edge.js")],
+  bindings = [(name = "GATEHOUSE", service = "gatehouse")],
+  compatibilityDate = "{date}",
 );
 
 const worker :Workerd.Worker = (
@@ -68,10 +99,12 @@ const worker :Workerd.Worker = (
   bindings = [
 {bindings}  ],
   compatibilityDate = "{date}",
+  compatibilityFlags = {flags:?},
   globalOutbound = "loopback",
 );
 "#,
         date = gatehouse_host::bundle::COMPATIBILITY_DATE,
+        flags = gatehouse_host::bundle::COMPATIBILITY_FLAGS,
     )
 }
 
@@ -91,8 +124,8 @@ impl Workerd {
             }
         }
         assert!(bundle_js.contains("export const bundle"));
-        let port = free_port();
-        std::fs::write(dir.join("workerd.capnp"), capnp(dir, port, &secrets)).unwrap();
+        let (port, edge_port) = (free_port(), free_port());
+        std::fs::write(dir.join("workerd.capnp"), capnp(dir, port, edge_port, &secrets)).unwrap();
         let bin = binary();
         assert!(
             bin.is_file(),
@@ -134,7 +167,8 @@ impl Workerd {
             assert!(start.elapsed() < Duration::from_secs(30), "workerd did not listen:\n{}", output.lock().unwrap());
             std::thread::sleep(Duration::from_millis(20));
         }
-        Workerd { addr, dir: dir.to_owned(), child, output }
+        let edge = format!("127.0.0.1:{edge_port}").parse().unwrap();
+        Workerd { addr, edge, dir: dir.to_owned(), child, output }
     }
 
     /// The workerd process id.

@@ -153,8 +153,15 @@ fn command(st: &mut State, cmd: &Value) -> Result<Value, String> {
             let answer = ex.upstream_failed(timed_out, text(cmd, "reason").unwrap_or("the upstream failed"));
             Ok(json!({"respond": answer}))
         }
-        "finish" => {
-            let ex = st.exchanges.remove(&id(cmd, "ex")?).ok_or("no such exchange")?;
+        // Every exchange ends with one of these three, which return its audit record: `finish` once the
+        // answer is on its way, `caller_gone` when the caller hung up first, `host_failed` when the shim threw.
+        "finish" | "caller_gone" | "host_failed" => {
+            let mut ex = st.exchanges.remove(&id(cmd, "ex")?).ok_or("no such exchange")?;
+            match text(cmd, "op")? {
+                "caller_gone" => ex.caller_gone(),
+                "host_failed" => ex.host_failed(),
+                _ => {}
+            }
             serde_json::to_value(ex.finish()).map_err(|e| e.to_string())
         }
         "keys" => {
