@@ -21,9 +21,18 @@ function call(cmd) {
   cmd.now_ms = Date.now();
   const bytes = enc.encode(JSON.stringify(cmd));
   const x = core.exports;
-  const ptr = x.gh_alloc(bytes.length);
-  new Uint8Array(x.memory.buffer, ptr, bytes.length).set(bytes);
-  const packed = BigInt.asUintN(64, BigInt(x.gh_call(ptr, bytes.length)));
+  let packed;
+  try {
+    const ptr = x.gh_alloc(bytes.length);
+    new Uint8Array(x.memory.buffer, ptr, bytes.length).set(bytes);
+    packed = BigInt.asUintN(64, BigInt(x.gh_call(ptr, bytes.length)));
+  } catch (e) {
+    // A trap inside the core (it aborts on panic) leaves its memory in an unknown state: the next request
+    // starts a new core (cold caches) instead of using this one.
+    core = null;
+    loaded = null;
+    throw e;
+  }
   const out = JSON.parse(dec.decode(region(x.memory, packed)));
   if ("error" in out) throw new Error(`gatehouse core: ${out.error}`);
   return out.ok;
