@@ -5,20 +5,32 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
 use gatehouse_tests::*;
-use jsonwebtoken::Algorithm;
 use std::fmt::Write as _;
 
+/// RS256 tokens signed with `rsa1` by ring (about 5x faster than `mint`'s RustCrypto signer, which makes tens
+/// of thousands of fresh tokens a matter of seconds), two threads.
 fn tokens(issuer: &str, prefix: &str, n: usize) -> String {
+    use base64::Engine as _;
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pem = std::fs::read_to_string(repo("tests/keys/rsa1.pem")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    let key = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
+    let header = b64.encode(r#"{"alg":"RS256","typ":"JWT","kid":"rsa1"}"#);
     let chunks: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|part| {
+                let (key, header) = (&key, &header);
                 s.spawn(move || {
+                    let rng = ring::rand::SystemRandom::new();
+                    let mut sig = vec![0; key.public().modulus_len()];
                     let mut out = String::new();
                     for i in (part..n).step_by(2) {
                         let mut c = claims(issuer, &format!("{prefix}-{i}"), &["data-scientists"]);
                         c["exp"] = serde_json::json!(now() + 6 * 3600);
-                        out.push_str(&mint(Algorithm::RS256, "rsa1", &c));
-                        out.push('\n');
+                        let input = format!("{header}.{}", b64.encode(c.to_string()));
+                        key.sign(&ring::signature::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig).unwrap();
+                        out.push_str(&format!("{input}.{}\n", b64.encode(&sig)));
                     }
                     out
                 })
