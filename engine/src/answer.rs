@@ -53,6 +53,11 @@ pub enum Rejection {
     KeysUnavailable,
     /// Cedar denied the request.
     Forbidden(Decision),
+    /// The caller did not send its body in time.
+    RequestTimeout {
+        /// The time it had, in seconds.
+        secs: u64,
+    },
     /// The body exceeds the configured limit.
     PayloadTooLarge {
         /// The limit in bytes.
@@ -107,6 +112,7 @@ impl Rejection {
             Rejection::Forbidden(_) | Rejection::PluginFailed { .. } => 403,
             Rejection::PayloadTooLarge { .. } | Rejection::PayloadRefused(_) => 413,
             Rejection::BadPayload(_) => 400,
+            Rejection::RequestTimeout { .. } => 408,
             Rejection::UpstreamFailed(_) => 502,
             Rejection::UpstreamTimeout => 504,
             Rejection::CredentialUnavailable(_) => 503,
@@ -138,6 +144,7 @@ impl Rejection {
             Rejection::Forbidden(_) => "forbidden",
             Rejection::PayloadTooLarge { .. } | Rejection::PayloadRefused(_) => "payload-too-large",
             Rejection::BadPayload(_) => "bad-payload",
+            Rejection::RequestTimeout { .. } => "request-timeout",
             Rejection::PluginFailed { .. } => "plugin-failed",
             Rejection::UpstreamFailed(_) => "upstream-failed",
             Rejection::UpstreamTimeout => "upstream-timeout",
@@ -158,6 +165,7 @@ impl Rejection {
             Rejection::Forbidden(_) => "a policy forbids this request".into(),
             Rejection::PayloadTooLarge { limit } => format!("the request body exceeds {limit} bytes"),
             Rejection::BadPayload(r) | Rejection::PayloadRefused(r) => r.clone(),
+            Rejection::RequestTimeout { secs } => format!("the request body did not arrive within {secs} s"),
             Rejection::PluginFailed { plugin, reason } => format!("plugin `{plugin}` failed: {reason}"),
             Rejection::UpstreamFailed(r) => format!("the upstream failed: {r}"),
             Rejection::UpstreamTimeout => "the upstream did not answer in time".into(),
@@ -235,6 +243,7 @@ fn title(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         413 => "Content Too Large",
         429 => "Too Many Requests",
         502 => "Bad Gateway",

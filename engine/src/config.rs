@@ -58,6 +58,9 @@ pub struct Server {
     pub token_cache_entries: usize,
     /// Worker threads of `gatehouse serve`, each with its own event loop; 0 means one per core.
     pub workers: usize,
+    /// How long a caller may take to send a request's head, and then its whole body (408 after that), in
+    /// seconds; also how long an idle keep-alive connection is kept. Bounds what a slow caller holds.
+    pub client_timeout_secs: u64,
 }
 
 impl Default for Server {
@@ -72,6 +75,7 @@ impl Default for Server {
             trust_forwarded_for: false,
             token_cache_entries: 10_000,
             workers: 0,
+            client_timeout_secs: 30,
         }
     }
 }

@@ -126,6 +126,9 @@ impl Engine {
                 .map_err(|message| ConfigError::Read { file: full, message })
         };
 
+        if config.server.client_timeout_secs == 0 {
+            return Err(invalid("client_timeout_secs", "`client_timeout_secs` must be at least 1".into()));
+        }
         let schema = read_source(&config.policies.schema)?;
         let mut policy_files = Vec::new();
         for entry in &config.policies.files {

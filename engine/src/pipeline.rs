@@ -135,6 +135,8 @@ pub enum Input {
     BodyTooLarge,
     /// The body could not be read (malformed framing, or a body type that cannot say why).
     BodyUnreadable,
+    /// The body did not arrive within `server.client_timeout_secs`.
+    BodyTimedOut,
     /// The caller closed the connection before sending its whole body: the exchange ends as
     /// [`Exchange::caller_gone`] says, and its answer goes nowhere.
     CallerGone,
@@ -405,6 +407,9 @@ impl Exchange {
             }
             (Phase::Body, Input::BodyUnreadable) => {
                 Err(Rejection::BadPayload("the request body could not be read".into()))
+            }
+            (Phase::Body, Input::BodyTimedOut) => {
+                Err(Rejection::RequestTimeout { secs: self.engine.config.server.client_timeout_secs })
             }
             (Phase::Body, Input::CallerGone) => {
                 self.account();
@@ -892,6 +897,7 @@ fn input_name(i: &Input) -> &'static str {
         Input::Body(_) => "Body",
         Input::BodyTooLarge => "BodyTooLarge",
         Input::BodyUnreadable => "BodyUnreadable",
+        Input::BodyTimedOut => "BodyTimedOut",
         Input::CallerGone => "CallerGone",
         Input::PluginOutput(_) => "PluginOutput",
         Input::Credential(_) => "Credential",

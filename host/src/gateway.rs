@@ -188,7 +188,10 @@ impl Gateway {
                     Input::Keys(loaded.keys.keys(issuer, want).await)
                 }
                 Step::ReadBody { limit } => match body.take() {
-                    Some(b) => read_body(b, limit).await,
+                    Some(b) => {
+                        let deadline = Duration::from_secs(loaded.engine.config.server.client_timeout_secs);
+                        tokio::time::timeout(deadline, read_body(b, limit)).await.unwrap_or(Input::BodyTimedOut)
+                    }
                     None => Input::Body(Vec::new()),
                 },
                 Step::CallPlugin(call) => Input::PluginOutput(loaded.plugins.call(&call)),

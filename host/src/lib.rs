@@ -249,11 +249,18 @@ pub fn serve_threads(
 }
 
 async fn serve_connection(gw: Arc<Gateway>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    // A caller gets `client_timeout_secs` to send each request's head, and an idle keep-alive connection is
+    // closed after as long (hyper's header read timeout covers both): a slow caller cannot hold connections.
+    let timeout = Duration::from_secs(gw.loaded().engine.config.server.client_timeout_secs);
     let svc = service_fn(move |req| {
         let gw = Arc::clone(&gw);
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
     });
-    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 /// Serves `gateway` on an already bound listener.

@@ -87,20 +87,33 @@ function fromBase64(b64) {
   return out;
 }
 
-async function readLimited(stream, limit) {
+// The body, unless it exceeds `limit` bytes ({ tooLarge }) or is not all there within `ms` ({ timedOut }).
+async function readLimited(stream, limit, ms = Infinity) {
   if (!stream) return { bytes: new Uint8Array(0) };
   const reader = stream.getReader();
   const chunks = [];
   let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > limit) {
-      await reader.cancel();
-      return { tooLarge: true };
+  let timer;
+  const late = new Promise((resolve) => {
+    if (ms !== Infinity) timer = setTimeout(() => resolve({ late: true }), ms);
+  });
+  try {
+    for (;;) {
+      const read = await Promise.race([reader.read(), late]);
+      if (read.late) {
+        reader.cancel().catch(() => {});
+        return { timedOut: true };
+      }
+      if (read.done) break;
+      total += read.value.length;
+      if (total > limit) {
+        await reader.cancel();
+        return { tooLarge: true };
+      }
+      chunks.push(read.value);
     }
-    chunks.push(value);
+  } finally {
+    clearTimeout(timer);
   }
   const bytes = new Uint8Array(total);
   let at = 0;
@@ -263,12 +276,20 @@ async function handle(request, env, ctx, open) {
     if (step.fetch_keys) {
       input = await keys(step.fetch_keys.issuer, step.fetch_keys.refresh, step.fetch_keys.seen);
     } else if (step.read_body) {
-      const r = await readLimited(request.body, step.read_body.limit).catch(() => ({ unreadable: true }));
+      const r = await readLimited(request.body, step.read_body.limit, loaded.client_timeout_secs * 1000).catch(() => ({
+        unreadable: true,
+      }));
       if (r.unreadable && request.signal?.aborted) {
         x.end("caller_gone");
         throw CALLER_GONE;
       }
-      input = r.tooLarge ? { body_too_large: true } : r.unreadable ? { body_unreadable: true } : { body_b64: toBase64(r.bytes) };
+      input = r.tooLarge
+        ? { body_too_large: true }
+        : r.timedOut
+          ? { body_timed_out: true }
+          : r.unreadable
+            ? { body_unreadable: true }
+            : { body_b64: toBase64(r.bytes) };
     } else if (step.call_plugin) {
       input = { plugin_output: callPlugin(step.call_plugin) };
     } else if (step.obtain_credential) {

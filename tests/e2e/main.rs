@@ -414,6 +414,9 @@ async fn a_bad_reload_keeps_the_running_configuration() {
     std::fs::write(&path, good.replace("backend = \"dead\"", "backend = \"missing\"")).unwrap();
     let err = w.gw.gateway.reload(&path.display().to_string()).unwrap_err().to_string();
     assert!(err.contains("gatehouse.toml:") && err.contains("unknown backend `missing`"), "{err}");
+    std::fs::write(&path, good.replace("[server]\n", "[server]\nclient_timeout_secs = 0\n")).unwrap();
+    let err = w.gw.gateway.reload(&path.display().to_string()).unwrap_err().to_string();
+    assert!(err.contains("gatehouse.toml:3") && err.contains("`client_timeout_secs` must be at least 1"), "{err}");
     let ok = post(&w.gw.url(PREDICT), Some(&w.token("alice", &["data-scientists"])), "{}").await;
     assert_eq!(ok.status, 200);
 }
@@ -481,4 +484,50 @@ async fn a_caller_that_hangs_up_still_leaves_an_audit_record() {
     // One that hangs up while its body is being read (authenticated, not yet decided): the default deny.
     let r = hang_up(format!("{head}content-length: 100\r\n\r\n{{"), 300, 2).await;
     assert_eq!(r["decision"], "deny", "{r}");
+}
+
+#[tokio::test]
+async fn a_slow_caller_is_cut_off_after_the_client_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (idp, backend) = (IdP::start(&["rsa1"]).await, Backend::start().await);
+    let gw = gateway(&config(&idp, &backend, 300).replace("[server]\n", "[server]\nclient_timeout_secs = 1\n")).await;
+    let t = mint(Algorithm::RS256, "rsa1", &claims(&idp.issuer(), "slow-caller", &["data-scientists"]));
+    // Reads until the server closes the connection (at most 5 s): what it sent, and when it closed.
+    let until_closed = |mut s: tokio::net::TcpStream| async move {
+        let start = std::time::Instant::now();
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        assert!(r.is_ok(), "the connection was still open after 5 s");
+        (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+    };
+
+    // Half a head, then nothing: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("POST {PREDICT} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (_, after) = until_closed(s).await;
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}");
+
+    // A whole request, then an idle keep-alive connection: answered, then closed.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = r#"{"instances": [1]}"#;
+    let head = format!("POST {PREDICT} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n");
+    s.write_all(format!("{head}content-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+    let (answer, _) = until_closed(s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Half a body: 408 once the time is up, and a record of it.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("{head}content-length: 100\r\n\r\n{{\"instances\"").as_bytes()).await.unwrap();
+    let (answer, after) = until_closed(s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request-timeout") && answer.contains("application/problem+json"), "{answer}");
+    assert!(after >= Duration::from_millis(900), "answered after {after:?}");
+    let records = gw.audit();
+    let r = records.iter().find(|r| r["status"] == 408).expect("a record of the 408");
+    assert_eq!(
+        (&r["reason"], &r["subject"], &r["decision"]),
+        (&json!("request-timeout"), &json!("slow-caller"), &json!("deny"))
+    );
 }

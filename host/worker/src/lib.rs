@@ -246,8 +246,9 @@ fn load(st: &mut State, cmd: &Value) -> Result<Value, String> {
         .collect();
     let count = issuers.len();
     let audit = engine.config.server.audit.clone();
+    let client_timeout_secs = engine.config.server.client_timeout_secs;
     *st = State { engine: Some(Arc::new(engine)), issuers, ..State::default() };
-    Ok(json!({"plugins": plugins, "issuers": count, "audit": audit}))
+    Ok(json!({"plugins": plugins, "issuers": count, "audit": audit, "client_timeout_secs": client_timeout_secs}))
 }
 
 fn key_step(slot: &mut Issuer, step: KeyStep, max_age_cap: u64) -> Result<Value, String> {
@@ -277,6 +278,9 @@ fn input(st: &mut State, v: &Value) -> Result<Input, String> {
     }
     if v.get("body_too_large").is_some() {
         return Ok(Input::BodyTooLarge);
+    }
+    if v.get("body_timed_out").is_some() {
+        return Ok(Input::BodyTimedOut);
     }
     if v.get("body_unreadable").is_some() {
         return Ok(Input::BodyUnreadable);
