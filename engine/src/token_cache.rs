@@ -29,7 +29,10 @@ impl TokenCache {
         map.get(key).filter(|id| now < id.expires_at).cloned()
     }
 
-    /// Remembers `identity`; when `capacity` is reached, expired entries go first, then everything.
+    /// Remembers `identity`. When `capacity` is reached, expired entries go first, then the eighth of the
+    /// entries that expire soonest (the least still to gain): the rest stay, so more callers than the capacity
+    /// cost a few extra verifications rather than a cache emptied at once (every caller verified again). One
+    /// pass over the map per capacity/8 insertions.
     pub fn put(&self, key: [u8; 32], identity: Arc<Identity>, now: i64, capacity: usize) {
         if capacity == 0 || now >= identity.expires_at {
             return;
@@ -37,8 +40,15 @@ impl TokenCache {
         let Ok(mut map) = self.entries.lock() else { return };
         if map.len() >= capacity {
             map.retain(|_, id| now < id.expires_at);
-            if map.len() >= capacity {
-                map.clear();
+        }
+        if map.len() >= capacity {
+            let mut by_expiry: Vec<(i64, [u8; 32])> = map.iter().map(|(k, id)| (id.expires_at, *k)).collect();
+            let drop = (map.len() + 1 - capacity).max(capacity / 8).min(by_expiry.len());
+            if drop > 0 && drop < by_expiry.len() {
+                by_expiry.select_nth_unstable(drop - 1);
+            }
+            for (_, k) in by_expiry.iter().take(drop) {
+                map.remove(k);
             }
         }
         map.insert(key, identity);
@@ -78,5 +88,31 @@ mod tests {
             small.put(key(&i.to_string(), 0, 1), id(100), 0, 3);
         }
         assert!(small.entries.lock().unwrap().len() <= 3);
+    }
+
+    #[test]
+    fn a_full_cache_drops_the_soonest_to_expire_and_keeps_the_rest() {
+        let c = TokenCache::default();
+        for i in 0..16 {
+            c.put(key(&i.to_string(), 0, 1), id(100 + i), 0, 16);
+        }
+        c.put(key("new", 0, 1), id(1000), 0, 16);
+        // 16 / 8 = 2 dropped: the two that expire first.
+        assert!(c.get(&key("0", 0, 1), 1).is_none() && c.get(&key("1", 0, 1), 1).is_none());
+        for i in 2..16 {
+            assert!(c.get(&key(&i.to_string(), 0, 1), 1).is_some(), "{i} kept");
+        }
+        assert!(c.get(&key("new", 0, 1), 1).is_some());
+        // Full again: expired entries go first, and then no live one has to.
+        c.put(key("x", 0, 1), id(1000), 0, 16);
+        c.put(key("late", 0, 1), id(1000), 110, 16);
+        assert_eq!(c.entries.lock().unwrap().len(), 8, "the 9 expired by 110 dropped, then `late` added");
+        assert!(c.get(&key("11", 0, 1), 110).is_some() && c.get(&key("x", 0, 1), 110).is_some());
+        // Equal expiries (tokens minted together): still a part, never all.
+        let same = TokenCache::default();
+        for i in 0..64 {
+            same.put(key(&i.to_string(), 0, 1), id(100), 0, 32);
+        }
+        assert!(same.entries.lock().unwrap().len() >= 28);
     }
 }
