@@ -9,17 +9,18 @@ if file and file ~= "" then
   end
 end
 local counter = 0
-local thread_id = 0
-local threads = {}
+local threads_set_up = 0
 
+-- Each thread's Lua state gets a global `thread_index` (0, 1, ...). It must not be read through a local of
+-- the same name: each thread runs this file again, and such a local would be 0 in every thread, making both
+-- threads send the same half of the tokens.
 function setup(thread)
-  thread:set("thread_id", thread_id)
-  thread_id = thread_id + 1
-  table.insert(threads, thread)
+  thread:set("thread_index", threads_set_up)
+  threads_set_up = threads_set_up + 1
 end
 
 function init(args)
-  counter = thread_id
+  counter = thread_index
 end
 
 wrk.method = "POST"
