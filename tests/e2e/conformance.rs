@@ -4,7 +4,9 @@
 //! A case (`cases/*.json`) names a configuration template (`configs/<name>.toml`), describes the request (the
 //! runner mints its token from a spec) and the expected answer: status, headers (`"*"` = present, `null` =
 //! absent), a JSON subset of the body or a substring, the audit record's fields (a subset) and, for streams,
-//! the first chunk that must arrive before the backend releases the rest.
+//! the first chunk that must arrive before the backend releases the rest. A case may also make its caller send
+//! less body than it declares (`declared_length`) or hang up before any answer (`hang_up_after_ms`); only the
+//! status and the audit record are checked then (see `partial`).
 
 use gatehouse_tests::cloud::*;
 use gatehouse_tests::workerd::Workerd;
