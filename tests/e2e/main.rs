@@ -530,4 +530,16 @@ async fn a_slow_caller_is_cut_off_after_the_client_timeout() {
         (&r["reason"], &r["subject"], &r["decision"]),
         (&json!("request-timeout"), &json!("slow-caller"), &json!("deny"))
     );
+
+    // The limit is the caller's, not the answer's: a stream that outlasts it reaches its end.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let stream_head = format!("POST /stream/demo:predict HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\n");
+    s.write_all(format!("{stream_head}connection: close\r\ncontent-length: 2\r\n\r\n{{}}").as_bytes()).await.unwrap();
+    let mut first = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut first)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("data: first"), "{}", String::from_utf8_lossy(&first[..n]));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    backend.release.notify_one();
+    let (rest, _) = until_closed(s).await;
+    assert!(rest.contains("data: last"), "{rest}");
 }
