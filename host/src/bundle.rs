@@ -78,6 +78,7 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
         String::from("// Written by `gatehouse bundle`; do not edit.\nimport core from \"./gatehouse_core.wasm\";\n");
     let mut table = String::new();
     let mut plugins = Vec::new();
+    let mut reusable = Vec::new();
     for (i, p) in engine.plugins().enumerate() {
         let bytes = match &p.module {
             ModuleSource::Builtin(b) => gatehouse_plugin_artifacts::builtin(b)
@@ -86,7 +87,13 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
             ModuleSource::Path(path) => std::fs::read(path)?,
         };
         let file = format!("plugins/{}.wasm", p.name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
-        write(&file, &bytes)?;
+        // The module as the native host runs it: with its mutable globals exported when its instances can be
+        // reset (`reuse::prepare`), so the shim can put a used instance back in its initial state.
+        let prepared = crate::reuse::prepare(&bytes);
+        if prepared.initial.is_some() {
+            reusable.push(p.name.clone());
+        }
+        write(&file, &prepared.bytes)?;
         let _ = writeln!(imports, "import p{i} from \"./{file}\";");
         let _ = writeln!(table, "  {}: p{i},", serde_json::to_string(&p.name).unwrap_or_default());
         plugins.push((p.name.clone(), loaded.get(&p.name).map(|l| l.sha256.clone()).unwrap_or_default()));
@@ -110,6 +117,7 @@ pub fn bundle(config: &str, out: &Path) -> Result<Report, HostError> {
         "files": *files.borrow(),
         "dirs": *dirs.borrow(),
         "secret_bindings": bindings,
+        "reusable": reusable,
     });
     let module = format!(
         "{imports}\nexport {{ core }};\nexport const plugins = {{\n{table}}};\nexport const bundle = {data};\n"

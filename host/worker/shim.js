@@ -2,8 +2,9 @@
 //
 // The shim translates requests and responses and performs I/O (fetch for key sets, token endpoints and
 // upstreams; reading secrets from bindings; running plugin modules). Every decision comes from the engine
-// core (gatehouse_core.wasm, the same engine as the native host) and from the plugin modules (the same .wasm
-// files the native host loads). bundle.js, written by `gatehouse bundle`, holds the compiled configuration.
+// core (gatehouse_core.wasm, the same engine as the native host) and from the plugin modules (the modules the
+// native host runs: the same files, with their mutable globals exported where instances can be reset).
+// bundle.js, written by `gatehouse bundle`, holds the compiled configuration.
 //
 // Caches (key sets, verified tokens, forward-auth decisions, upstream credentials) live in the core's memory:
 // one per isolate. A new isolate starts cold; a rotated key or credential is picked up per isolate.
@@ -54,11 +55,40 @@ function ensureLoaded() {
   return loaded;
 }
 
-// One plugin call in a fresh instance: no data of one request is visible to another.
+// Plugin instances ready for their next call, by plugin: only for modules `gatehouse bundle` found resettable
+// (`bundle.reusable`: one memory, no start function, no table or segment changes, mutable globals exported as
+// the native host rewrites them). Each comes with its initial state: a copy of its memory and the values of its
+// exported globals right after instantiation. Calls are synchronous, so one instance per plugin suffices.
+const idle = new Map();
+const reusable = new Set(bundle.reusable ?? []);
+
+function instantiate(name) {
+  const instance = new WebAssembly.Instance(pluginModules[name], {});
+  if (!reusable.has(name)) return { instance };
+  const x = instance.exports;
+  const globals = Object.entries(x)
+    .filter(([name]) => name.startsWith("__gatehouse_global_"))
+    .map(([, g]) => [g, g.value]);
+  return { instance, memory: new Uint8Array(x.memory.buffer).slice(), globals };
+}
+
+// Puts a used instance back in the state it had when instantiated; false if it cannot be (memory grew).
+function reset(slot) {
+  const memory = slot.instance.exports.memory.buffer;
+  if (memory.byteLength !== slot.memory.length) return false;
+  new Uint8Array(memory).set(slot.memory);
+  for (const [g, v] of slot.globals) g.value = v;
+  return true;
+}
+
+// One plugin call in an instance in its initial state (a fresh one, or one reset after its last call): no data
+// of one request is visible to another. An instance that trapped is dropped.
 function callPlugin(c) {
+  let slot = idle.get(c.plugin);
+  idle.delete(c.plugin);
   try {
-    const instance = new WebAssembly.Instance(pluginModules[c.plugin], {});
-    const x = instance.exports;
+    slot ??= instantiate(c.plugin);
+    const x = slot.instance.exports;
     const put = (text) => {
       const bytes = enc.encode(text);
       const ptr = x.gatehouse_alloc(bytes.length);
@@ -68,7 +98,9 @@ function callPlugin(c) {
     const [cp, cl] = put(c.config);
     const [ip, il] = put(c.input);
     const packed = BigInt.asUintN(64, BigInt(x[`gatehouse_hook_${c.hook}`](cp, cl, ip, il)));
-    return { ok: dec.decode(region(x.memory, packed)) };
+    const ok = dec.decode(region(x.memory, packed));
+    if (slot.memory && reset(slot)) idle.set(c.plugin, slot);
+    return { ok };
   } catch (e) {
     return { err: `it trapped: ${e && e.message ? e.message : e}` };
   }

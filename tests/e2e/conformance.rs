@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 struct Fakes {
+    /// The reuse probe (`reuse::enveloped_probe`) as a module file.
+    probe: std::path::PathBuf,
     idp: IdP,
     backend: Backend,
     google: Google,
@@ -28,7 +30,10 @@ struct Fakes {
 
 impl Fakes {
     async fn start() -> Fakes {
+        let probe = std::env::temp_dir().join(format!("gatehouse-conformance-probe-{}.wasm", std::process::id()));
+        std::fs::write(&probe, crate::reuse::enveloped_probe()).unwrap();
         Fakes {
+            probe,
             idp: IdP::start(&["rsa1", "ec256", "ec384", "ed25519"]).await,
             backend: Backend::start().await,
             google: Google::start().await,
@@ -50,6 +55,7 @@ impl Fakes {
             .replace("{oai}", &self.openai.addr.to_string())
             .replace("{policies}", &repo("policies"))
             .replace("{chaos}", chaos)
+            .replace("{probe}", &self.probe.display().to_string())
             .replace("{dir}", &dir.display().to_string())
             .replace("{audit}", audit)
             .replace("{wif_audience}", WIF_AUDIENCE)

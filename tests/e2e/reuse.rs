@@ -45,6 +45,22 @@ fn probe(extra: &str) -> String {
     )
 }
 
+/// The probe as a transform plugin whose answer is a valid envelope, `{"ok":{"body":{"report":"...."}}}` with
+/// the same four-character report, for hosts reached over HTTP: the conformance corpus runs it in workerd too.
+pub(crate) fn enveloped_probe() -> Vec<u8> {
+    const ENVELOPE: &str = r#"{"ok":{"body":{"report":"...."}}}"#;
+    let at = 800 + ENVELOPE.find("....").unwrap();
+    let copy: String =
+        (0..4).map(|k| format!("(i32.store8 (i32.const {}) (i32.load8_u (i32.const {})))", at + k, 600 + k)).collect();
+    let extra =
+        format!("{copy} (return (i64.or (i64.shl (i64.const 800) (i64.const 32)) (i64.const {})))", ENVELOPE.len());
+    let text = probe(&extra).replace(
+        r#"(data (i32.const 512) "A")"#,
+        &format!(r#"(data (i32.const 512) "A") (data (i32.const 800) "{}")"#, ENVELOPE.replace('"', "\\\"")),
+    );
+    wat::parse_str(text).unwrap()
+}
+
 fn load(name: &str, wat_text: &str) -> Plugins {
     super::plugins::load_wat(name, wat_text, Duration::from_millis(200)).unwrap()
 }
