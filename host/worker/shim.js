@@ -67,7 +67,7 @@ function instantiate(name) {
   if (!reusable.has(name)) return { instance };
   const x = instance.exports;
   const globals = Object.entries(x)
-    .filter(([name]) => name.startsWith("__gatehouse_global_"))
+    .filter(([exported]) => exported.startsWith("__gatehouse_global_"))
     .map(([, g]) => [g, g.value]);
   return { instance, memory: new Uint8Array(x.memory.buffer).slice(), globals };
 }
