@@ -311,10 +311,6 @@ async function handle(request, env, ctx, open) {
       const r = await readLimited(request.body, step.read_body.limit, loaded.client_timeout_secs * 1000).catch(() => ({
         unreadable: true,
       }));
-      if (r.unreadable && request.signal?.aborted) {
-        x.end("caller_gone");
-        throw CALLER_GONE;
-      }
       input = r.tooLarge
         ? { body_too_large: true }
         : r.timedOut
