@@ -1,6 +1,5 @@
 //! A plugin that misbehaves on purpose, so the hosts' isolation can be tested with a real module: it loops
-//! forever, traps, grows memory without bound, returns bytes that are not an envelope, behaves, or reports how
-//! many calls its instance served before (which a host that isolates requests keeps at 0).
+//! forever, traps, grows memory without bound, returns bytes that are not an envelope, or behaves.
 //! Never configure it in production.
 #![deny(missing_docs)]
 
@@ -24,9 +23,6 @@ pub enum Mode {
     Hog,
     /// Return the input body unchanged.
     Echo,
-    /// Return the input body (an object) with `seen`: how many calls this instance served before, counted in
-    /// its memory. Every call of a host that gives each request a fresh instance's state sees 0.
-    Remember,
 }
 
 /// Configuration.
@@ -45,7 +41,7 @@ impl Plugin for Chaos {
             "transform",
             &[Hook::Authenticate, Hook::TransformRequest],
             gatehouse_plugin_sdk::serde_json::json!({"type": "object", "properties": {
-                "mode": {"enum": ["loop", "trap", "hog", "echo", "remember"]}}}),
+                "mode": {"enum": ["loop", "trap", "hog", "echo"]}}}),
         )
     }
 
@@ -56,15 +52,7 @@ impl Plugin for Chaos {
 
     fn transform_request(cfg: &Config, input: TransformInput) -> Result<TransformOutput, PluginError> {
         misbehave(cfg.mode);
-        let mut body = input.body;
-        if cfg.mode == Mode::Remember {
-            static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let seen = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let object =
-                body.as_object_mut().ok_or_else(|| PluginError::new("bad_input", "the body is not an object"))?;
-            object.insert("seen".into(), seen.into());
-        }
-        Ok(TransformOutput::Body(body))
+        Ok(TransformOutput::Body(input.body))
     }
 }
 
@@ -84,7 +72,7 @@ fn misbehave(mode: Mode) {
                 std::hint::black_box(&hoard);
             }
         }
-        Mode::Echo | Mode::Remember => {}
+        Mode::Echo => {}
     }
 }
 
