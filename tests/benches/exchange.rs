@@ -11,7 +11,6 @@ use gatehouse_engine::jwks::Want;
 use gatehouse_engine::{Input, RequestHead, Step};
 use gatehouse_tests::bench::per_call;
 use gatehouse_tests::*;
-use std::fmt::Write as _;
 
 const BODY: &[u8] = br#"{"instances": [[1.0, 2.0, 3.0]], "metadata": {"user_email": "a@example.com"}}"#;
 
@@ -19,13 +18,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let idp = rt.block_on(IdP::start(&["rsa1"]));
     let dir = std::env::temp_dir().join(format!("gatehouse-bench-exchange-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::copy(repo("policies/models.cedar"), dir.join("policies/models.cedar")).unwrap();
-    let mut text = String::new();
-    for rule in bench::tenant_rules(1000) {
-        let _ = writeln!(text, "{}", rule.cedar("Gatehouse::"));
-    }
-    std::fs::write(dir.join("policies/tenants.cedar"), text).unwrap();
+    bench::write_policies(&dir.join("policies"), 1000);
     let config = format!(
         r#"
 [server]

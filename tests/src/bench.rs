@@ -131,6 +131,19 @@ pub enum TenantRule {
     Permit { id: usize, model: usize },
 }
 
+/// Writes the benchmarks' policy set into `dir`: the example policies (`models.cedar`) and `n` tenant rules
+/// (`tenants.cedar`), the set `bench/run` and the exchange benchmark load.
+pub fn write_policies(dir: &std::path::Path, n: usize) {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(super::repo("policies/models.cedar"), dir.join("models.cedar")).unwrap();
+    let mut text = String::new();
+    for rule in tenant_rules(n) {
+        let _ = writeln!(text, "{}", rule.cedar("Gatehouse::"));
+    }
+    std::fs::write(dir.join("tenants.cedar"), text).unwrap();
+}
+
 pub fn tenant_rules(n: usize) -> impl Iterator<Item = TenantRule> {
     (0..n).map(|i| match i % 10 {
         0 => TenantRule::Group { id: i, team: i % 50, model: i % 200 },

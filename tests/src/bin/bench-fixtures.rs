@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
 use gatehouse_tests::*;
-use std::fmt::Write as _;
 
 /// RS256 tokens signed with `rsa1` by ring, on two threads: 21,000 tokens in 10 s here, against 31 s with
 /// `mint`'s RustCrypto signer.
@@ -45,17 +44,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (dir, issuer) = (std::path::PathBuf::from(&args[1]), &args[2]);
     let fresh: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    // The example policies, and 1,000 more in the shape of a real tenant list: one permit per user and model,
+    // group rules and a few forbids (none of which the benchmark's callers match).
+    bench::write_policies(&dir.join("policies"), 1000);
     std::fs::write(dir.join("tokens-rotating.txt"), tokens(issuer, "user", 1000)).unwrap();
     std::fs::write(dir.join("tokens-fresh.txt"), tokens(issuer, "fresh", fresh)).unwrap();
     std::fs::write(dir.join("jwks.json"), jwks(&["rsa1"]).to_string()).unwrap();
-    // The example policies, and 1,000 more in the shape of a real tenant list: one permit per user and model,
-    // group rules and a few forbids (none of which the benchmark's callers match).
-    std::fs::copy(repo("policies/models.cedar"), dir.join("policies/models.cedar")).unwrap();
-    let mut text = String::new();
-    for rule in bench::tenant_rules(1000) {
-        let _ = writeln!(text, "{}", rule.cedar("Gatehouse::"));
-    }
-    std::fs::write(dir.join("policies/tenants.cedar"), text).unwrap();
     println!("fixtures in {}: 1,000 rotating tokens, {fresh} fresh tokens, 1,004 policies", dir.display());
 }
