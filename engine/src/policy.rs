@@ -367,7 +367,7 @@ fn restricted(v: &serde_json::Value, ips: &Memo<String, RestrictedExpression>) -
 /// How many `ip(...)` values are kept.
 const IPS_CACHED: usize = 4096;
 
-/// How many principals' entity sets are kept (the cache starts over when full).
+/// How many principals' entity sets are kept (see [`Memo`] for what goes when full).
 const REQUEST_ENTITIES_CACHED: usize = 4096;
 
 /// Everything `request_entities` builds from: the principal's facts, and the model when it must be added.
@@ -394,7 +394,7 @@ impl EntitiesKey {
     }
 }
 
-/// How many decisions are kept (the cache starts over when full).
+/// How many decisions are kept (see [`Memo`] for what goes when full).
 const DECISIONS_CACHED: usize = 16_384;
 
 /// Everything a decision depends on besides the store itself.
