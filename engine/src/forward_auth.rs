@@ -6,8 +6,6 @@
 //! configuration, so a policy change empties it.
 
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// `[forward_auth]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -82,41 +80,9 @@ pub enum Cached {
     Deny(Vec<String>),
 }
 
-/// Decisions by (token hash, method, path).
-#[derive(Debug, Default)]
-pub struct DecisionCache {
-    entries: Mutex<HashMap<String, (i64, Cached)>>,
-}
-
-impl DecisionCache {
-    /// The cached outcome for `key` at `now`.
-    pub fn get(&self, key: &str, now: i64) -> Option<Cached> {
-        let map = self.entries.lock().ok()?;
-        map.get(key).filter(|(until, _)| now < *until).map(|(_, c)| c.clone())
-    }
-
-    /// Keeps `outcome` until `until`, evicting expired entries (or everything) when full.
-    pub fn put(&self, key: String, until: i64, outcome: Cached, now: i64, capacity: usize) {
-        let Ok(mut map) = self.entries.lock() else { return };
-        if map.len() >= capacity {
-            map.retain(|_, (u, _)| now < *u);
-            if map.len() >= capacity {
-                map.clear();
-            }
-        }
-        map.insert(key, (until, outcome));
-    }
-
-    /// How many entries are held.
-    pub fn len(&self) -> usize {
-        self.entries.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// Forward-auth outcomes by (token hash, method, path), kept until the decision's end (see
+/// [`crate::token_cache::Expiring`] for what goes when full).
+pub type DecisionCache = crate::token_cache::Expiring<String, Cached>;
 
 #[cfg(test)]
 mod tests {
@@ -160,5 +126,13 @@ mod tests {
         c.put("c".into(), 500, Cached::Deny(vec![]), 60, 2);
         assert!(c.len() <= 2);
         assert!(c.get("c", 61).is_some());
+        // Full of live decisions: the soonest to end go, not all of them (the cache emptied itself before).
+        let full = DecisionCache::default();
+        for i in 0..16 {
+            full.put(i.to_string(), 100 + i, Cached::Deny(vec![]), 0, 16);
+        }
+        full.put("new".into(), 1000, Cached::Deny(vec![]), 0, 16);
+        assert_eq!(full.len(), 15);
+        assert!(full.get("0", 1).is_none() && full.get("2", 1).is_some() && full.get("new", 1).is_some());
     }
 }

@@ -396,7 +396,7 @@ impl Exchange {
                         let id = Arc::new(id);
                         if let Some(key) = self.token_key.take() {
                             let (now, capacity) = (self.audit.time, self.engine.config.server.token_cache_entries);
-                            self.engine.tokens.put(key, Arc::clone(&id), now, capacity);
+                            self.engine.tokens.put(key, id.expires_at, Arc::clone(&id), now, capacity);
                         }
                         self.authenticated(id)
                     }
