@@ -45,7 +45,7 @@ pub use config::Config;
 pub use error::{ConfigError, Located};
 pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
 pub use pipeline::{AfterUpstream, Exchange, Facts, Grant, Input, KeySet, PluginCall, RequestHead, Step, Upstream};
-pub use policy::{Decision, PolicyStore, Question};
+pub use policy::{Ask, ContextSource, Decision, PolicyStore, Question};
 
 /// Time as the host sees it.
 pub trait Clock: Send + Sync {

@@ -5,7 +5,7 @@ use crate::audit::{AuditRecord, sha256_hex};
 use crate::credentials::{Credential, CredentialAudit, Flow, Lookup, Secret};
 use crate::forward_auth::Cached;
 use crate::load::{Engine, RouteRuntime};
-use crate::policy::{Decision, Question};
+use crate::policy::{Ask, ContextSource, Decision, Question};
 use crate::route::Params;
 use crate::token_cache;
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use gatehouse_plugin_abi::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What the host knows of a request before reading its body.
@@ -666,7 +667,17 @@ impl Exchange {
             payload_size: self.audit.request_bytes,
             inference: self.backend.as_ref().map(|b| &b.facts),
         };
-        self.engine.policies.authorize(&question(rt, &self.model, &facts, id))
+        let ask = Ask {
+            kind: id.kind,
+            principal: &id.subject,
+            issuer: &id.issuer,
+            email: email(id),
+            groups: &id.groups,
+            action: &rt.spec.action,
+            resource: &self.model,
+        };
+        let context = RequestContext { route: &rt.spec.name, facts: &facts, id };
+        self.engine.policies.authorize_lazily(&ask, &context, || Cow::Owned(question(rt, &self.model, &facts, id)))
     }
 
     /// Cedar decides on the request as it will be sent (after transforms and the adapter).
@@ -984,21 +995,58 @@ fn question(rt: &RouteRuntime, model: &str, f: &Facts<'_>, id: &Identity) -> Que
         kind: id.kind,
         principal: id.subject.clone(),
         issuer: id.issuer.clone(),
-        email: id.claims.get("email").and_then(|v| v.as_str()).map(str::to_owned),
+        email: email(id).map(str::to_owned),
         groups: id.groups.clone(),
         action: rt.spec.action.clone(),
         resource: model.to_owned(),
-        context: serde_json::json!({
-            "method": f.method,
-            "path": f.path,
-            "route": rt.spec.name,
-            "client_ip": {"__extn": {"fn": "ip", "arg": ip_or_unspecified(f.client_ip)}},
-            "time": f.time,
-            "scopes": id.scopes,
-            "issuer": id.issuer,
-            "payload_size": i64::try_from(f.payload_size).unwrap_or(i64::MAX),
-            "inference": f.inference.map_or_else(|| serde_json::json!({}), |i| serde_json::to_value(i).unwrap_or_default()),
-        }),
+        context: RequestContext { route: &rt.spec.name, facts: f, id }.record(),
+    }
+}
+
+fn email(id: &Identity) -> Option<&str> {
+    id.claims.get("email").and_then(|v| v.as_str())
+}
+
+/// The Cedar context of a request, built from its facts attribute by attribute (a cached decision needs only
+/// the attributes the policies read).
+struct RequestContext<'a> {
+    route: &'a str,
+    facts: &'a Facts<'a>,
+    id: &'a Identity,
+}
+
+/// The context record's attributes, in the order the record lists them.
+const CONTEXT_ATTRIBUTES: [&str; 9] =
+    ["method", "path", "route", "client_ip", "time", "scopes", "issuer", "payload_size", "inference"];
+
+impl ContextSource for RequestContext<'_> {
+    fn attribute(&self, name: &str) -> Option<Cow<'_, serde_json::Value>> {
+        let f = self.facts;
+        let v = match name {
+            "method" => f.method.into(),
+            "path" => f.path.into(),
+            "route" => self.route.into(),
+            "client_ip" => serde_json::json!({"__extn": {"fn": "ip", "arg": ip_or_unspecified(f.client_ip)}}),
+            "time" => f.time.into(),
+            "scopes" => self.id.scopes.iter().map(|s| serde_json::Value::from(s.as_str())).collect(),
+            "issuer" => self.id.issuer.as_str().into(),
+            "payload_size" => i64::try_from(f.payload_size).unwrap_or(i64::MAX).into(),
+            "inference" => {
+                f.inference.map_or_else(|| serde_json::json!({}), |i| serde_json::to_value(i).unwrap_or_default())
+            }
+            _ => return None,
+        };
+        Some(Cow::Owned(v))
+    }
+
+    fn record(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::with_capacity(CONTEXT_ATTRIBUTES.len());
+        for name in CONTEXT_ATTRIBUTES {
+            if let Some(v) = self.attribute(name) {
+                m.insert(name.to_owned(), v.into_owned());
+            }
+        }
+        serde_json::Value::Object(m)
     }
 }
 
@@ -1030,6 +1078,130 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decision asked from the request's facts (the cache keyed by the attributes the policies read, the
+    /// question built only on a miss) equals Cedar's evaluation of the whole question, on generated
+    /// principals and facts asked repeatedly, with policies that read time, path, address, payload size,
+    /// scopes and inference facts.
+    #[test]
+    fn decisions_from_facts_equal_evaluated_questions() {
+        use crate::policy::{PolicyStore, PrincipalKind, Source};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+        let src = |f: &str| Source { name: f.into(), text: std::fs::read_to_string(format!("{dir}/{f}")).unwrap() };
+        let extra = Source {
+            name: "extra.cedar".into(),
+            text: r#"
+                @id("night") permit(principal in Gatehouse::Group::"night-shift", action, resource)
+                    when { context.time > 1800000001 && context.method == "POST" };
+                @id("no-admin") forbid(principal, action, resource) when { context.path like "/admin/*" };
+                @id("lan") forbid(principal in Gatehouse::Group::"contractors", action, resource)
+                    unless { context.client_ip.isInRange(ip("10.0.0.0/8")) };
+                @id("route") forbid(principal, action, resource) when { context.route == "other" };
+                @id("iss") forbid(principal, action, resource) when { context.issuer == "https://b" && context.payload_size > 5 };
+            "#
+            .into(),
+        };
+        let store =
+            PolicyStore::load(&src("schema.cedarschema"), &[src("models.cedar"), extra], Some(&src("entities.json")))
+                .unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut below = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut allowed, mut denied) = (0, 0);
+        for _ in 0..4_000 {
+            let groups = ["data-scientists", "data-scientists", "night-shift", "contractors", "nobody"];
+            let mut claims = serde_json::Map::new();
+            if below(2) == 0 {
+                claims.insert("email".into(), "a@example.com".into());
+            }
+            let id = Identity {
+                issuer: ["https://a", "https://b"][below(2)].into(),
+                subject: format!("p{}", below(4)),
+                kind: if below(4) == 0 { PrincipalKind::Service } else { PrincipalKind::User },
+                groups: (0..1 + below(2)).map(|_| groups[below(groups.len())].to_owned()).collect(),
+                scopes: [vec![], vec!["predict".to_owned()], vec!["predict".to_owned(), "x".to_owned()]][below(3)]
+                    .clone(),
+                kid: None,
+                jti: None,
+                expires_at: 0,
+                claims,
+            };
+            let inference = [
+                None,
+                Some(Inference::default()),
+                Some(Inference { max_tokens: Some([10, 5000][below(2)]), ..Inference::default() }),
+            ][below(3)]
+            .clone();
+            let facts = Facts {
+                method: ["POST", "GET"][below(2)],
+                path: ["/v1/models/demo:predict", "/v1/models/demo:predict", "/admin/x"][below(3)],
+                client_ip: ["10.1.2.3", "192.168.0.1", "[::1]:80", "nonsense"][below(4)],
+                time: 1_800_000_000 + below(4) as i64,
+                payload_size: [3, 300_000][below(2)],
+                inference: inference.as_ref(),
+            };
+            let route = ["predict", "predict", "predict", "other"][below(4)];
+            let action = ["predict", "predict", "explain", "generate"][below(4)];
+            let model = ["demo", "demo", "fraud-scorer", "gemini", "unknown"][below(5)];
+            let context = RequestContext { route, facts: &facts, id: &id };
+            let q = Question {
+                kind: id.kind,
+                principal: id.subject.clone(),
+                issuer: id.issuer.clone(),
+                email: email(&id).map(str::to_owned),
+                groups: id.groups.clone(),
+                action: action.into(),
+                resource: model.into(),
+                context: context.record(),
+            };
+            let ask = Ask { action, resource: model, ..q.ask() };
+            let lazily = store.authorize_lazily(&ask, &context, || Cow::Borrowed(&q));
+            let evaluated = store.authorize_uncached(&q);
+            assert_eq!(lazily, evaluated, "{q:?}");
+            assert_eq!(store.authorize(&q), evaluated, "{q:?}");
+            if evaluated.allowed { allowed += 1 } else { denied += 1 }
+        }
+        assert!(allowed > 200 && denied > 300, "{allowed} allowed, {denied} denied");
+    }
+
+    /// Each attribute of the request context is what the whole record holds under its name.
+    #[test]
+    fn context_attributes_are_the_record() {
+        use crate::policy::PrincipalKind;
+        let id = Identity {
+            issuer: "https://a".into(),
+            subject: "s".into(),
+            kind: PrincipalKind::User,
+            groups: vec![],
+            scopes: vec!["predict".into()],
+            kid: None,
+            jti: None,
+            expires_at: 0,
+            claims: serde_json::Map::new(),
+        };
+        let inference = Inference { operation: Some("predict".into()), ..Inference::default() };
+        let facts = Facts {
+            method: "POST",
+            path: "/p",
+            client_ip: "10.0.0.1",
+            time: 7,
+            payload_size: 9,
+            inference: Some(&inference),
+        };
+        let context = RequestContext { route: "r", facts: &facts, id: &id };
+        let record = context.record();
+        assert_eq!(record.as_object().unwrap().len(), CONTEXT_ATTRIBUTES.len());
+        for name in CONTEXT_ATTRIBUTES {
+            assert_eq!(Some(context.attribute(name).unwrap().as_ref()), record.get(name), "{name}");
+        }
+        assert_eq!(record["client_ip"], serde_json::json!({"__extn": {"fn": "ip", "arg": "10.0.0.1"}}));
+        assert_eq!(record["inference"], serde_json::json!({"operation": "predict"}));
+        assert!(context.attribute("nothing").is_none());
+    }
 
     #[test]
     fn garbage_plugin_output_is_a_plugin_failure() {

@@ -62,6 +62,61 @@ pub struct Question {
     pub context: serde_json::Value,
 }
 
+impl Question {
+    /// The principal, action and resource, borrowed.
+    pub fn ask(&self) -> Ask<'_> {
+        Ask {
+            kind: self.kind,
+            principal: &self.principal,
+            issuer: &self.issuer,
+            email: self.email.as_deref(),
+            groups: &self.groups,
+            action: &self.action,
+            resource: &self.resource,
+        }
+    }
+}
+
+/// The principal, action and resource of a question, borrowed: with a [`ContextSource`], what the decision
+/// cache is keyed by.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Person or workload.
+    pub kind: PrincipalKind,
+    /// Entity id of the principal.
+    pub principal: &'a str,
+    /// The principal's issuer.
+    pub issuer: &'a str,
+    /// The principal's e-mail.
+    pub email: Option<&'a str>,
+    /// The principal's groups.
+    pub groups: &'a [String],
+    /// The action id.
+    pub action: &'a str,
+    /// The model (resource) id.
+    pub resource: &'a str,
+}
+
+/// A question's context record, attribute by attribute. A decision the cache holds needs only the attributes
+/// the policies read, so a caller that would build the record from its own facts builds only those; the
+/// whole record is built when Cedar evaluates. `attribute(name)` must be what `record()` holds at `name`.
+pub trait ContextSource {
+    /// The attribute `name`, `None` when the record has none.
+    fn attribute(&self, name: &str) -> Option<std::borrow::Cow<'_, serde_json::Value>>;
+    /// The whole record.
+    fn record(&self) -> serde_json::Value;
+}
+
+impl ContextSource for serde_json::Value {
+    fn attribute(&self, name: &str) -> Option<std::borrow::Cow<'_, serde_json::Value>> {
+        self.as_object()?.get(name).map(std::borrow::Cow::Borrowed)
+    }
+
+    fn record(&self) -> serde_json::Value {
+        self.clone()
+    }
+}
+
 /// Schema, policies and entities, validated.
 pub struct PolicyStore {
     types: Types,
@@ -210,19 +265,32 @@ impl PolicyStore {
     /// not change while the store lives). A request attribute no policy mentions (`time`, `path` when unused)
     /// does not split the cache.
     pub fn authorize(&self, q: &Question) -> Decision {
-        let entities = self.entities_key(q);
-        let Some(key) = self.decision_key(q, &entities) else { return self.decision(q, entities) };
+        self.authorize_lazily(&q.ask(), &q.context, || std::borrow::Cow::Borrowed(q))
+    }
+
+    /// Decides the question `ask` and `context` describe; `question` builds it in full, and is called only
+    /// when the decision cache cannot answer.
+    pub fn authorize_lazily<'q>(
+        &self,
+        ask: &Ask<'_>,
+        context: &dyn ContextSource,
+        question: impl FnOnce() -> std::borrow::Cow<'q, Question>,
+    ) -> Decision {
+        let entities = self.entities_key(ask);
+        let Some(key) = self.decision_key(ask, context, &entities) else {
+            return self.decision(&question(), entities);
+        };
         if let Some(d) = self.decisions.get(&key) {
             return d;
         }
-        let decision = self.decision(q, entities);
+        let decision = self.decision(&question(), entities);
         self.decisions.insert(key, decision.clone());
         decision
     }
 
     /// Decides without the decision cache (the reference the cache is tested against).
     pub fn authorize_uncached(&self, q: &Question) -> Decision {
-        self.decision(q, self.entities_key(q))
+        self.decision(q, self.entities_key(&q.ask()))
     }
 
     fn decision(&self, q: &Question, entities: EntitiesKey) -> Decision {
@@ -232,28 +300,40 @@ impl PolicyStore {
         }
     }
 
-    fn resource_uid(&self, q: &Question) -> EntityUid {
-        EntityUid::from_type_name_and_id(self.types.model.clone(), EntityId::new(&q.resource))
+    fn resource_uid(&self, resource: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.types.model.clone(), EntityId::new(resource))
     }
 
-    fn entities_key(&self, q: &Question) -> EntitiesKey {
-        EntitiesKey::of(q, self.entities.get(&self.resource_uid(q)).is_none())
+    fn entities_key(&self, ask: &Ask<'_>) -> EntitiesKey {
+        EntitiesKey::of(ask, self.entities.get(&self.resource_uid(ask.resource)).is_none())
     }
 
-    fn decision_key(&self, q: &Question, entities: &EntitiesKey) -> Option<DecisionKey> {
-        let serde_json::Value::Object(m) = &q.context else { return None };
+    /// The cache key: the principal's entities, action, resource, and the context attributes the policies
+    /// read, each written as its JSON name, `:`, its JSON value and `,` (self-delimiting, so distinct contexts
+    /// never share a key). `None` when the context is not a record.
+    fn decision_key(&self, ask: &Ask<'_>, context: &dyn ContextSource, entities: &EntitiesKey) -> Option<DecisionKey> {
         let context = match &self.context_read {
-            ContextRead::Whole => serde_json::to_string(m).ok()?,
+            ContextRead::Whole => match context.record() {
+                m @ serde_json::Value::Object(_) => serde_json::to_string(&m).ok()?,
+                _ => return None,
+            },
             ContextRead::Attributes(names) => {
-                let read: serde_json::Map<String, serde_json::Value> =
-                    names.iter().filter_map(|n| m.get(n).map(|v| (n.clone(), v.clone()))).collect();
-                serde_json::to_string(&read).ok()?
+                let mut out = Vec::with_capacity(64);
+                for name in names {
+                    if let Some(v) = context.attribute(name) {
+                        serde_json::to_writer(&mut out, name).ok()?;
+                        out.push(b':');
+                        serde_json::to_writer(&mut out, v.as_ref()).ok()?;
+                        out.push(b',');
+                    }
+                }
+                String::from_utf8(out).ok()?
             }
         };
         Some(DecisionKey {
             entities: entities.clone(),
-            action: q.action.clone(),
-            resource: q.resource.clone(),
+            action: ask.action.to_owned(),
+            resource: ask.resource.to_owned(),
             context,
         })
     }
@@ -305,7 +385,7 @@ impl PolicyStore {
         };
         let principal = EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new(&q.principal));
         let action = EntityUid::from_type_name_and_id(t.action.clone(), EntityId::new(&q.action));
-        let resource = self.resource_uid(q);
+        let resource = self.resource_uid(&q.resource);
 
         let entities = self.request_entities(q, entities, &principal, &resource)?;
         // Built directly, not through Cedar's JSON reader (which tries untagged variants and builds errors).
@@ -382,14 +462,14 @@ struct EntitiesKey {
 }
 
 impl EntitiesKey {
-    fn of(q: &Question, unknown_resource: bool) -> EntitiesKey {
+    fn of(q: &Ask<'_>, unknown_resource: bool) -> EntitiesKey {
         EntitiesKey {
             kind: q.kind,
-            principal: q.principal.clone(),
-            issuer: q.issuer.clone(),
-            email: if q.kind == PrincipalKind::User { q.email.clone() } else { None },
-            groups: q.groups.clone(),
-            resource: unknown_resource.then(|| q.resource.clone()),
+            principal: q.principal.to_owned(),
+            issuer: q.issuer.to_owned(),
+            email: if q.kind == PrincipalKind::User { q.email.map(str::to_owned) } else { None },
+            groups: q.groups.to_vec(),
+            resource: unknown_resource.then(|| q.resource.to_owned()),
         }
     }
 }
