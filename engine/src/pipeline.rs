@@ -192,7 +192,10 @@ pub struct Exchange {
     token: String,
     issuer: usize,
     identity: Option<Arc<Identity>>,
+    /// The token's cache key, while it is being verified (the cache is on).
     token_key: Option<[u8; 32]>,
+    /// What the token cache holds for the token, found before its key set is fetched.
+    verified: Option<token_cache::Verified>,
     keys_version: u64,
     model: String,
     body: Vec<u8>,
@@ -260,6 +263,7 @@ impl Engine {
             issuer: 0,
             identity: None,
             token_key: None,
+            verified: None,
             keys_version: 0,
             model: String::new(),
             body: Vec::new(),
@@ -300,11 +304,25 @@ impl Exchange {
         self.params = params;
 
         self.token = bearer(self.head.header("authorization"))?;
-        let iss = claimed_issuer(&self.token);
-        self.audit.issuer = iss.clone();
-        let issuer = iss
-            .and_then(|iss| self.engine.issuers.iter().position(|i| i.spec.issuer == iss))
-            .ok_or_else(|| invalid_token("the token's issuer is not trusted"))?;
+        // A token verified before names its issuer in the cache; another's `iss` claim is read (unverified: it
+        // only picks the key set the plugin then checks the signature with).
+        if self.engine.config.server.token_cache_entries > 0 {
+            let key = token_cache::key(&self.token);
+            self.verified = self.engine.tokens.get(&key, self.audit.time);
+            self.token_key = Some(key);
+        }
+        let issuer = match self.verified.as_ref().map(|v| v.issuer) {
+            Some(issuer) => {
+                self.audit.issuer = self.engine.issuers.get(issuer).map(|i| i.spec.issuer.clone());
+                issuer
+            }
+            None => {
+                let iss = claimed_issuer(&self.token);
+                self.audit.issuer = iss.clone();
+                iss.and_then(|iss| self.engine.issuers.iter().position(|i| i.spec.issuer == iss))
+                    .ok_or_else(|| invalid_token("the token's issuer is not trusted"))?
+            }
+        };
         self.issuer = issuer;
         let per_caller = self.route.as_ref().and_then(|r| r.credential.as_ref()).is_some_and(|p| p.spec.per_caller());
         // A per-caller credential needs the verified identity, which a cached decision skips.
@@ -370,13 +388,12 @@ impl Exchange {
                 let Some(keys) = keys else { return Err(Rejection::KeysUnavailable) };
                 self.keys_version = keys.version;
                 let now = self.engine.clock().unix_secs();
-                if self.engine.config.server.token_cache_entries > 0 {
-                    let key = token_cache::key(&self.token, self.issuer, keys.version);
-                    if let Some(id) = self.engine.tokens.get(&key, now) {
-                        self.audit.token_cached = true;
-                        return self.authenticated(id);
-                    }
-                    self.token_key = Some(key);
+                if let Some(v) = self.verified.take()
+                    && v.keys_version == keys.version
+                {
+                    self.audit.token_cached = true;
+                    self.token_key = None;
+                    return self.authenticated(v.identity);
                 }
                 let input =
                     AuthnInput { token: std::mem::take(&mut self.token), now, jwks: Some((*keys.jwks).clone()) };
@@ -397,7 +414,12 @@ impl Exchange {
                         let id = Arc::new(id);
                         if let Some(key) = self.token_key.take() {
                             let (now, capacity) = (self.audit.time, self.engine.config.server.token_cache_entries);
-                            self.engine.tokens.put(key, id.expires_at, Arc::clone(&id), now, capacity);
+                            let verified = token_cache::Verified {
+                                issuer: self.issuer,
+                                keys_version: self.keys_version,
+                                identity: Arc::clone(&id),
+                            };
+                            self.engine.tokens.put(key, id.expires_at, verified, now, capacity);
                         }
                         self.authenticated(id)
                     }

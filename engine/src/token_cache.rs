@@ -1,7 +1,8 @@
-//! Bounded caches of entries that expire. [`TokenCache`]: verified tokens, a map from (token hash, issuer, key-set
-//! version) to the identity the authenticate plugin returned, kept never past the token's `exp`; a repeated token
-//! skips the signature check, a rotated key set (new version) or an expired token misses. The forward-auth
-//! decision cache ([`crate::forward_auth::DecisionCache`]) is the same mechanism.
+//! Bounded caches of entries that expire. [`TokenCache`]: verified tokens, a map from the token's SHA-256 to the
+//! issuer and key-set version it was verified with and the identity the authenticate plugin returned, kept never
+//! past the token's `exp`; a repeated token skips the signature check (and the reading of its claimed issuer), a
+//! rotated key set (new version) or an expired token misses. The forward-auth decision cache
+//! ([`crate::forward_auth::DecisionCache`]) is the same mechanism.
 
 use gatehouse_plugin_abi::Identity;
 use std::borrow::Borrow;
@@ -21,17 +22,25 @@ impl<K, V> Default for Expiring<K, V> {
     }
 }
 
-/// The verified-token cache.
-pub type TokenCache = Expiring<[u8; 32], Arc<Identity>>;
+/// The verified-token cache, by [`key`].
+pub type TokenCache = Expiring<[u8; 32], Verified>;
 
-/// The cache key of a token checked against one issuer's key set.
-pub fn key(token: &str, issuer: usize, keys_version: u64) -> [u8; 32] {
+/// A token the authenticate plugin accepted.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The issuer (index in the configuration) whose keys verified it: the one its `iss` claim names.
+    pub issuer: usize,
+    /// The version of that issuer's key set; another version means keys rotated, and the token is checked again.
+    pub keys_version: u64,
+    /// What the plugin returned.
+    pub identity: Arc<Identity>,
+}
+
+/// The cache key of a token: its SHA-256 (the issuer and key set are in the entry; a token's bytes name one
+/// issuer).
+pub fn key(token: &str) -> [u8; 32] {
     use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(token.as_bytes());
-    h.update((issuer as u64).to_le_bytes());
-    h.update(keys_version.to_le_bytes());
-    h.finalize().into()
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
@@ -84,7 +93,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Expiring<K, V> {
 mod tests {
     use super::*;
 
-    fn id(exp: i64) -> Arc<Identity> {
+    fn id(exp: i64) -> Verified {
+        Verified { issuer: 0, keys_version: 1, identity: identity(exp) }
+    }
+
+    fn identity(exp: i64) -> Arc<Identity> {
         Arc::new(Identity {
             issuer: "i".into(),
             subject: "s".into(),
@@ -99,18 +112,17 @@ mod tests {
     }
 
     #[test]
-    fn never_past_exp_and_versioned() {
+    fn never_past_exp() {
         let c = TokenCache::default();
-        c.put(key("t", 0, 1), 100, id(100), 0, 10);
-        assert!(c.get(&key("t", 0, 1), 99).is_some());
-        assert!(c.get(&key("t", 0, 1), 100).is_none());
-        assert!(c.get(&key("t", 0, 2), 50).is_none(), "a new key set misses");
-        assert!(c.get(&key("t", 1, 1), 50).is_none(), "another issuer misses");
-        c.put(key("u", 0, 1), 10, id(10), 20, 10);
-        assert!(c.get(&key("u", 0, 1), 5).is_none(), "expired tokens are not stored");
+        c.put(key("t"), 100, id(100), 0, 10);
+        assert!(c.get(&key("t"), 99).is_some());
+        assert!(c.get(&key("t"), 100).is_none());
+        assert_eq!(c.get(&key("t"), 50).map(|v| (v.issuer, v.keys_version)), Some((0, 1)));
+        c.put(key("u"), 10, id(10), 20, 10);
+        assert!(c.get(&key("u"), 5).is_none(), "expired tokens are not stored");
         let small = TokenCache::default();
         for i in 0..5 {
-            small.put(key(&i.to_string(), 0, 1), 100, id(100), 0, 3);
+            small.put(key(&i.to_string()), 100, id(100), 0, 3);
         }
         assert!(small.len() <= 3);
     }
@@ -119,24 +131,24 @@ mod tests {
     fn a_full_cache_drops_the_soonest_to_expire_and_keeps_the_rest() {
         let c = TokenCache::default();
         for i in 0..16 {
-            c.put(key(&i.to_string(), 0, 1), 100 + i, id(100 + i), 0, 16);
+            c.put(key(&i.to_string()), 100 + i, id(100 + i), 0, 16);
         }
-        c.put(key("new", 0, 1), 1000, id(1000), 0, 16);
+        c.put(key("new"), 1000, id(1000), 0, 16);
         // 16 / 8 = 2 dropped: the two that expire first.
-        assert!(c.get(&key("0", 0, 1), 1).is_none() && c.get(&key("1", 0, 1), 1).is_none());
+        assert!(c.get(&key("0"), 1).is_none() && c.get(&key("1"), 1).is_none());
         for i in 2..16 {
-            assert!(c.get(&key(&i.to_string(), 0, 1), 1).is_some(), "{i} kept");
+            assert!(c.get(&key(&i.to_string()), 1).is_some(), "{i} kept");
         }
-        assert!(c.get(&key("new", 0, 1), 1).is_some());
+        assert!(c.get(&key("new"), 1).is_some());
         // Full again: expired entries go first, and then no live one has to.
-        c.put(key("x", 0, 1), 1000, id(1000), 0, 16);
-        c.put(key("late", 0, 1), 1000, id(1000), 110, 16);
+        c.put(key("x"), 1000, id(1000), 0, 16);
+        c.put(key("late"), 1000, id(1000), 110, 16);
         assert_eq!(c.len(), 8, "the 9 expired by 110 dropped, then `late` added");
-        assert!(c.get(&key("11", 0, 1), 110).is_some() && c.get(&key("x", 0, 1), 110).is_some());
+        assert!(c.get(&key("11"), 110).is_some() && c.get(&key("x"), 110).is_some());
         // Equal expiries (tokens minted together): still a part, never all.
         let same = TokenCache::default();
         for i in 0..64 {
-            same.put(key(&i.to_string(), 0, 1), 100, id(100), 0, 32);
+            same.put(key(&i.to_string()), 100, id(100), 0, 32);
         }
         assert!(same.len() >= 28);
     }

@@ -406,6 +406,31 @@ async fn audit_records_have_the_fields_and_no_token() {
     assert!(!text.contains(jti));
 }
 
+/// A verified token is reused only with the key set that verified it: once the issuer's keys change, the same
+/// token is checked again, and refused when its key is gone.
+#[tokio::test]
+async fn a_cached_token_is_checked_again_when_the_keys_change() {
+    let w = world(&["rsa1"], 1).await;
+    let t = w.token("alice", &["data-scientists"]);
+    for cached in [false, true] {
+        let r = post(&w.gw.url(PREDICT), Some(&t), "{}").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let audit = w.gw.audit();
+        let a = audit.iter().find(|a| a["request_id"] == r.header("x-request-id")).unwrap();
+        assert_eq!(a["token_cached"], cached);
+        assert_eq!(a["issuer"], w.idp.issuer());
+    }
+    // The IdP retires rsa1; the gateway's copy of the key set expires (max age 1 s) and is fetched again.
+    *w.idp.keys.lock().unwrap() = jwks(&["rsa2"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = post(&w.gw.url(PREDICT), Some(&t), "{}").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let audit = w.gw.audit();
+    let a = audit.iter().find(|a| a["request_id"] == r.header("x-request-id")).unwrap();
+    assert_eq!(a["token_cached"], false);
+    assert_eq!(a["issuer"], w.idp.issuer());
+}
+
 #[tokio::test]
 async fn a_bad_reload_keeps_the_running_configuration() {
     let w = world(&["rsa1"], 300).await;
