@@ -277,13 +277,14 @@ impl PolicyStore {
         question: impl FnOnce() -> std::borrow::Cow<'q, Question>,
     ) -> Decision {
         let entities = self.entities_key(ask);
-        let Some(key) = self.decision_key(ask, context, &entities) else {
+        let Some(context) = self.context_key(context) else {
             return self.decision(&question(), entities);
         };
+        let key = DecisionKey { entities, action: ask.action.to_owned(), resource: ask.resource.to_owned(), context };
         if let Some(d) = self.decisions.get(&key) {
             return d;
         }
-        let decision = self.decision(&question(), entities);
+        let decision = self.decision(&question(), key.entities.clone());
         self.decisions.insert(key, decision.clone());
         decision
     }
@@ -308,14 +309,14 @@ impl PolicyStore {
         EntitiesKey::of(ask, self.entities.get(&self.resource_uid(ask.resource)).is_none())
     }
 
-    /// The cache key: the principal's entities, action, resource, and the context attributes the policies
-    /// read, each written as its JSON name, `:`, its JSON value and `,` (self-delimiting, so distinct contexts
-    /// never share a key). `None` when the context is not a record.
-    fn decision_key(&self, ask: &Ask<'_>, context: &dyn ContextSource, entities: &EntitiesKey) -> Option<DecisionKey> {
-        let context = match &self.context_read {
+    /// The context's part of the decision-cache key: the attributes the policies read, each written as its
+    /// JSON name, `:`, its JSON value and `,` (self-delimiting, so distinct contexts never share a key), or the
+    /// whole record when a policy uses it whole. `None` when the context is not a record.
+    fn context_key(&self, context: &dyn ContextSource) -> Option<String> {
+        match &self.context_read {
             ContextRead::Whole => match context.record() {
-                m @ serde_json::Value::Object(_) => serde_json::to_string(&m).ok()?,
-                _ => return None,
+                m @ serde_json::Value::Object(_) => serde_json::to_string(&m).ok(),
+                _ => None,
             },
             ContextRead::Attributes(names) => {
                 let mut out = Vec::with_capacity(64);
@@ -327,15 +328,9 @@ impl PolicyStore {
                         out.push(b',');
                     }
                 }
-                String::from_utf8(out).ok()?
+                String::from_utf8(out).ok()
             }
-        };
-        Some(DecisionKey {
-            entities: entities.clone(),
-            action: ask.action.to_owned(),
-            resource: ask.resource.to_owned(),
-            context,
-        })
+        }
     }
 
     /// The static entities plus the request's own: the principal (attributes, groups as parents), groups
