@@ -1,7 +1,7 @@
 //! The request pipeline: one state machine per request, driven by the host.
 
 use crate::answer::{Answer, Rejection};
-use crate::audit::{AuditRecord, sha256_hex};
+use crate::audit::{AuditRecord, hex, sha256_hex};
 use crate::credentials::{Credential, CredentialAudit, Flow, Lookup, Secret};
 use crate::forward_auth::Cached;
 use crate::load::{Engine, RouteRuntime};
@@ -304,10 +304,15 @@ impl Exchange {
         self.params = params;
 
         self.token = bearer(self.head.header("authorization"))?;
+        let per_caller = self.route.as_ref().and_then(|r| r.credential.as_ref()).is_some_and(|p| p.spec.per_caller());
+        // A per-caller credential needs the verified identity, which a cached decision skips.
+        let cache_decision = self.forward_auth && !per_caller;
+        let cache_token = self.engine.config.server.token_cache_entries > 0;
+        // One hash of the token keys both caches.
+        let digest = (cache_token || cache_decision).then(|| token_cache::key(&self.token));
         // A token verified before names its issuer in the cache; another's `iss` claim is read (unverified: it
         // only picks the key set the plugin then checks the signature with).
-        if self.engine.config.server.token_cache_entries > 0 {
-            let key = token_cache::key(&self.token);
+        if let Some(key) = digest.filter(|_| cache_token) {
             self.verified = self.engine.tokens.get(&key, self.audit.time);
             self.token_key = Some(key);
         }
@@ -324,10 +329,8 @@ impl Exchange {
             }
         };
         self.issuer = issuer;
-        let per_caller = self.route.as_ref().and_then(|r| r.credential.as_ref()).is_some_and(|p| p.spec.per_caller());
-        // A per-caller credential needs the verified identity, which a cached decision skips.
-        if self.forward_auth && !per_caller {
-            let key = format!("{}\n{}\n{}", sha256_hex(self.token.as_bytes()), self.head.method, self.head.path);
+        if let Some(digest) = digest.filter(|_| cache_decision) {
+            let key = format!("{}\n{}\n{}", hex(&digest), self.head.method, self.head.path);
             let cached = self.engine.decisions.get(&key, self.audit.time);
             self.cache_key = Some(key);
             match cached {
@@ -689,17 +692,9 @@ impl Exchange {
             payload_size: self.audit.request_bytes,
             inference: self.backend.as_ref().map(|b| &b.facts),
         };
-        let ask = Ask {
-            kind: id.kind,
-            principal: &id.subject,
-            issuer: &id.issuer,
-            email: email(id),
-            groups: &id.groups,
-            action: &rt.spec.action,
-            resource: &self.model,
-        };
+        let ask = ask(rt, &self.model, id);
         let context = RequestContext { route: &rt.spec.name, facts: &facts, id };
-        self.engine.policies.authorize_lazily(&ask, &context, || Cow::Owned(question(rt, &self.model, &facts, id)))
+        self.engine.policies.authorize_lazily(&ask, &context, || Cow::Owned(ask.question(context.whole())))
     }
 
     /// Cedar decides on the request as it will be sent (after transforms and the adapter).
@@ -1013,15 +1008,19 @@ pub struct Facts<'a> {
 }
 
 fn question(rt: &RouteRuntime, model: &str, f: &Facts<'_>, id: &Identity) -> Question {
-    Question {
+    ask(rt, model, id).question(RequestContext { route: &rt.spec.name, facts: f, id }.whole())
+}
+
+/// The principal (the verified identity), action (the route's) and resource (the model) of a request.
+fn ask<'a>(rt: &'a RouteRuntime, model: &'a str, id: &'a Identity) -> Ask<'a> {
+    Ask {
         kind: id.kind,
-        principal: id.subject.clone(),
-        issuer: id.issuer.clone(),
-        email: email(id).map(str::to_owned),
-        groups: id.groups.clone(),
-        action: rt.spec.action.clone(),
-        resource: model.to_owned(),
-        context: RequestContext { route: &rt.spec.name, facts: f, id }.record(),
+        principal: &id.subject,
+        issuer: &id.issuer,
+        email: email(id),
+        groups: &id.groups,
+        action: &rt.spec.action,
+        resource: model,
     }
 }
 
@@ -1061,7 +1060,14 @@ impl ContextSource for RequestContext<'_> {
         Some(Cow::Owned(v))
     }
 
-    fn record(&self) -> serde_json::Value {
+    fn record(&self) -> Cow<'_, serde_json::Value> {
+        Cow::Owned(self.whole())
+    }
+}
+
+impl RequestContext<'_> {
+    /// The whole record, every attribute in [`CONTEXT_ATTRIBUTES`] order.
+    fn whole(&self) -> serde_json::Value {
         let mut m = serde_json::Map::with_capacity(CONTEXT_ATTRIBUTES.len());
         for name in CONTEXT_ATTRIBUTES {
             if let Some(v) = self.attribute(name) {
@@ -1170,17 +1176,16 @@ mod tests {
             let action = ["predict", "predict", "explain", "generate"][below(4)];
             let model = ["demo", "demo", "fraud-scorer", "gemini", "unknown"][below(5)];
             let context = RequestContext { route, facts: &facts, id: &id };
-            let q = Question {
+            let ask = Ask {
                 kind: id.kind,
-                principal: id.subject.clone(),
-                issuer: id.issuer.clone(),
-                email: email(&id).map(str::to_owned),
-                groups: id.groups.clone(),
-                action: action.into(),
-                resource: model.into(),
-                context: context.record(),
+                principal: &id.subject,
+                issuer: &id.issuer,
+                email: email(&id),
+                groups: &id.groups,
+                action,
+                resource: model,
             };
-            let ask = Ask { action, resource: model, ..q.ask() };
+            let q = ask.question(context.whole());
             let lazily = store.authorize_lazily(&ask, &context, || Cow::Borrowed(&q));
             let evaluated = store.authorize_uncached(&q);
             assert_eq!(lazily, evaluated, "{q:?}");
@@ -1215,7 +1220,7 @@ mod tests {
             inference: Some(&inference),
         };
         let context = RequestContext { route: "r", facts: &facts, id: &id };
-        let record = context.record();
+        let record = context.whole();
         assert_eq!(record.as_object().unwrap().len(), CONTEXT_ATTRIBUTES.len());
         for name in CONTEXT_ATTRIBUTES {
             assert_eq!(Some(context.attribute(name).unwrap().as_ref()), record.get(name), "{name}");

@@ -97,6 +97,22 @@ pub struct Ask<'a> {
     pub resource: &'a str,
 }
 
+impl Ask<'_> {
+    /// The whole question, with `context` as its record.
+    pub fn question(&self, context: serde_json::Value) -> Question {
+        Question {
+            kind: self.kind,
+            principal: self.principal.to_owned(),
+            issuer: self.issuer.to_owned(),
+            email: self.email.map(str::to_owned),
+            groups: self.groups.to_vec(),
+            action: self.action.to_owned(),
+            resource: self.resource.to_owned(),
+            context,
+        }
+    }
+}
+
 /// A question's context record, attribute by attribute. A decision the cache holds needs only the attributes
 /// the policies read, so a caller that would build the record from its own facts builds only those; the
 /// whole record is built when Cedar evaluates. `attribute(name)` must be what `record()` holds at `name`.
@@ -104,7 +120,7 @@ pub trait ContextSource {
     /// The attribute `name`, `None` when the record has none.
     fn attribute(&self, name: &str) -> Option<std::borrow::Cow<'_, serde_json::Value>>;
     /// The whole record.
-    fn record(&self) -> serde_json::Value;
+    fn record(&self) -> std::borrow::Cow<'_, serde_json::Value>;
 }
 
 impl ContextSource for serde_json::Value {
@@ -112,8 +128,8 @@ impl ContextSource for serde_json::Value {
         self.as_object()?.get(name).map(std::borrow::Cow::Borrowed)
     }
 
-    fn record(&self) -> serde_json::Value {
-        self.clone()
+    fn record(&self) -> std::borrow::Cow<'_, serde_json::Value> {
+        std::borrow::Cow::Borrowed(self)
     }
 }
 
@@ -314,8 +330,8 @@ impl PolicyStore {
     /// whole record when a policy uses it whole. `None` when the context is not a record.
     fn context_key(&self, context: &dyn ContextSource) -> Option<String> {
         match &self.context_read {
-            ContextRead::Whole => match context.record() {
-                m @ serde_json::Value::Object(_) => serde_json::to_string(&m).ok(),
+            ContextRead::Whole => match context.record().as_ref() {
+                m @ serde_json::Value::Object(_) => serde_json::to_string(m).ok(),
                 _ => None,
             },
             ContextRead::Attributes(names) => {
