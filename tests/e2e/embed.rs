@@ -36,8 +36,7 @@ async fn tower_service_inside_a_hyper_server() {
     assert_eq!(ok.json()["headers"]["x-gatehouse-subject"], "alice");
     let denied = post(&url, Some(&w.token("bob", &[])), "{}").await;
     assert_eq!(denied.status, 403);
-    let audit = w.gw.audit();
-    let a = audit.iter().find(|a| a["request_id"] == ok.header("x-request-id")).unwrap();
+    let a = w.gw.audit_of(ok.header("x-request-id"));
     assert_eq!(a["client_ip"], "127.0.0.1");
 }
 

@@ -378,8 +378,7 @@ async fn audit_records_have_the_fields_and_no_token() {
     let t = mint(Algorithm::RS256, "rsa1", &c);
     let r = post(&w.gw.url(PREDICT), Some(&t), r#"{"instances": [1]}"#).await;
     assert_eq!(r.status, 200);
-    let audit = w.gw.audit();
-    let a = audit.iter().find(|a| a["request_id"] == r.header("x-request-id")).unwrap();
+    let a = w.gw.audit_of(r.header("x-request-id"));
     assert_eq!(a["route"], "predict");
     assert_eq!(a["issuer"], w.idp.issuer());
     assert_eq!(a["subject"], "alice");
@@ -395,8 +394,7 @@ async fn audit_records_have_the_fields_and_no_token() {
     assert_eq!(a["token_cached"], false);
     // The same token again: its identity is reused without a signature check.
     let again = post(&w.gw.url(PREDICT), Some(&t), r#"{"instances": [1]}"#).await;
-    let audit = w.gw.audit();
-    let b = audit.iter().find(|a| a["request_id"] == again.header("x-request-id")).unwrap();
+    let b = w.gw.audit_of(again.header("x-request-id"));
     assert_eq!(b["token_cached"], true);
     assert_eq!(b["subject"], "alice");
     let text = w.gw.audit_text();
@@ -415,8 +413,7 @@ async fn a_cached_token_is_checked_again_when_the_keys_change() {
     for cached in [false, true] {
         let r = post(&w.gw.url(PREDICT), Some(&t), "{}").await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let audit = w.gw.audit();
-        let a = audit.iter().find(|a| a["request_id"] == r.header("x-request-id")).unwrap();
+        let a = w.gw.audit_of(r.header("x-request-id"));
         assert_eq!(a["token_cached"], cached);
         assert_eq!(a["issuer"], w.idp.issuer());
     }
@@ -425,8 +422,7 @@ async fn a_cached_token_is_checked_again_when_the_keys_change() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = post(&w.gw.url(PREDICT), Some(&t), "{}").await;
     assert_eq!(r.status, 401, "{}", r.body);
-    let audit = w.gw.audit();
-    let a = audit.iter().find(|a| a["request_id"] == r.header("x-request-id")).unwrap();
+    let a = w.gw.audit_of(r.header("x-request-id"));
     assert_eq!(a["token_cached"], false);
     assert_eq!(a["issuer"], w.idp.issuer());
 }

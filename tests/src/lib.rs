@@ -257,6 +257,11 @@ impl Gateway {
             .collect()
     }
 
+    /// The audit record of the request whose reply carried `request_id` (its `x-request-id`).
+    pub fn audit_of(&self, request_id: &str) -> Value {
+        self.audit().into_iter().find(|a| a["request_id"] == request_id).expect("no audit record for the request")
+    }
+
     pub fn audit_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default()
     }
