@@ -6,9 +6,12 @@
 //! more than `capacity` entries.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
+
+/// The memo's maps: foldhash instead of SipHash (keys such as a decision's principal, groups and context are
+/// hashed on every request; the seed is random per map).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The memo.
 pub(crate) struct Memo<K, V> {
@@ -34,7 +37,7 @@ impl<K: Hash + Eq, V> Generations<K, V> {
 impl<K: Hash + Eq, V: Clone> Memo<K, V> {
     /// An empty memo holding at most `capacity` entries.
     pub(crate) fn new(capacity: usize) -> Memo<K, V> {
-        let generations = Generations { current: HashMap::new(), previous: HashMap::new() };
+        let generations = Generations { current: HashMap::default(), previous: HashMap::default() };
         Memo { generations: Mutex::new(generations), half: (capacity / 2).max(1) }
     }
 

@@ -6,7 +6,6 @@
 
 use gatehouse_plugin_abi::Identity;
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
@@ -16,9 +15,12 @@ pub struct Expiring<K, V> {
     entries: Mutex<HashMap<K, (i64, V)>>,
 }
 
+/// foldhash rather than SipHash: a key is hashed on every request (the seed is random per map).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 impl<K, V> Default for Expiring<K, V> {
     fn default() -> Self {
-        Expiring { entries: Mutex::new(HashMap::new()) }
+        Expiring { entries: Mutex::new(HashMap::default()) }
     }
 }
 

@@ -168,7 +168,7 @@ impl Gateway {
                 .iter()
                 .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
                 .collect(),
-            client_ip: peer.ip().to_string(),
+            client_ip: client_ip(&peer),
             decide_only,
         };
         let (ex, step) = loaded.engine.start(head);
@@ -227,11 +227,7 @@ impl Gateway {
     }
 
     async fn forward(&self, mut ex: Audited<'_>, up: Upstream, loaded: &Loaded) -> Response<ResponseBody> {
-        let mut builder = Request::builder().method(up.method.as_str()).uri(&up.url);
-        for (n, v) in &up.headers {
-            builder = builder.header(n, v);
-        }
-        let req = match builder.body(Full::new(Bytes::from(up.body))) {
+        let req = match upstream_request(up.method, &up.url, up.headers, up.body) {
             Ok(r) => r,
             Err(e) => return self.fail(ex, false, &format!("cannot build the upstream request: {e}")),
         };
@@ -256,11 +252,11 @@ impl Gateway {
         }
         ex.finish();
         let (mut parts, incoming) = res.into_parts();
-        for name in ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authenticate", "trailer"] {
+        for name in RESPONSE_HOP_BY_HOP {
             parts.headers.remove(name);
         }
         for (n, v) in up.response_headers {
-            if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(n), HeaderValue::try_from(v)) {
+            if let Ok((n, v)) = header(n, v) {
                 parts.headers.insert(n, v);
             }
         }
@@ -381,7 +377,67 @@ pub fn answer_response(answer: Answer) -> Response<ResponseBody> {
     res
 }
 
+/// Hop-by-hop headers of the upstream's response, not passed on to the caller (HTTP/1.1, RFC 9110 7.6.1).
+const RESPONSE_HOP_BY_HOP: [http::HeaderName; 6] = [
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::TRAILER,
+];
+
+/// The request the engine asked to send, built from its parts without copying header values (each `String`
+/// becomes the value's bytes).
+fn upstream_request(
+    method: String,
+    url: &str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let mut req = Request::new(Full::new(Bytes::from(body)));
+    *req.method_mut() = http::Method::from_bytes(method.as_bytes())?;
+    *req.uri_mut() = http::Uri::try_from(url)?;
+    let map = req.headers_mut();
+    map.reserve(headers.len());
+    for (n, v) in headers {
+        let (n, v) = header(n, v)?;
+        map.append(n, v);
+    }
+    Ok(req)
+}
+
+/// A header from owned strings; the value's bytes are taken, not copied.
+fn header(name: String, value: String) -> Result<(http::HeaderName, HeaderValue), http::Error> {
+    let name = http::HeaderName::from_bytes(name.as_bytes())?;
+    let value = HeaderValue::from_maybe_shared(Bytes::from(value.into_bytes()))?;
+    Ok((name, value))
+}
+
+/// A random request id: 32 lowercase hex digits.
 fn request_id() -> String {
     let n: u128 = rand::random();
-    format!("{n:032x}")
+    let mut id = String::with_capacity(32);
+    id.extend((0..32).rev().filter_map(|i| char::from_digit(((n >> (4 * i)) & 0xf) as u32, 16)));
+    id
+}
+
+/// The text of the caller's address. Requests come in runs from one connection, so each thread keeps the last
+/// address it formatted.
+fn client_ip(peer: &SocketAddr) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, String)>> = const { std::cell::RefCell::new(None) };
+    }
+    let ip = peer.ip();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, text)) if *cached == ip => text.clone(),
+            _ => {
+                let text = ip.to_string();
+                *last = Some((ip, text.clone()));
+                text
+            }
+        }
+    })
 }
