@@ -31,19 +31,22 @@ impl AuditSink {
         if let AuditSink::Off = self {
             return;
         }
-        let Ok(line) = serde_json::to_string(record) else { return };
+        let Ok(mut line) = serde_json::to_vec(record) else { return };
+        line.push(b'\n');
+        // One write per record, with its newline: a record is never split over two system calls (an unbuffered
+        // file would otherwise get the line and the newline separately).
         match self {
             AuditSink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
+                let _ = std::io::stdout().lock().write_all(&line);
             }
             AuditSink::File(f) => {
                 if let Ok(mut f) = f.lock() {
-                    let _ = writeln!(f, "{line}");
+                    let _ = f.write_all(&line);
                 }
             }
             AuditSink::Memory(v) => {
-                if let Ok(mut v) = v.lock() {
+                line.pop();
+                if let (Ok(mut v), Ok(line)) = (v.lock(), String::from_utf8(line)) {
                     v.push(line);
                 }
             }
