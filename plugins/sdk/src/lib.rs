@@ -338,19 +338,21 @@ pub mod bump {
 
     const ARENA: usize = 256 << 10;
 
+    /// The cursor, then the arena: a call's first allocations and the cursor share a page the host copies
+    /// back anyway (the cursor after the arena cost a page of its own per call).
     #[repr(C, align(16))]
-    struct Arena(UnsafeCell<[u8; ARENA]>, UnsafeCell<usize>);
+    struct Arena(UnsafeCell<usize>, UnsafeCell<[u8; ARENA]>);
 
     // SAFETY: wasm32 plugins are single-threaded.
     unsafe impl Sync for Arena {}
 
-    static MEM: Arena = Arena(UnsafeCell::new([0; ARENA]), UnsafeCell::new(0));
+    static MEM: Arena = Arena(UnsafeCell::new(0), UnsafeCell::new([0; ARENA]));
 
     /// The allocator.
     pub struct Bump;
 
     fn base() -> usize {
-        MEM.0.get() as usize
+        MEM.1.get() as usize
     }
 
     // SAFETY: single-threaded; every pointer handed out is inside the arena or in pages obtained from
@@ -358,7 +360,7 @@ pub mod bump {
     unsafe impl GlobalAlloc for Bump {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             // SAFETY: single-threaded access to the cursor.
-            let next = unsafe { &mut *MEM.1.get() };
+            let next = unsafe { &mut *MEM.0.get() };
             let start = (base() + *next + layout.align() - 1) & !(layout.align() - 1);
             let end = start + layout.size();
             if end <= base() + ARENA {
@@ -375,7 +377,7 @@ pub mod bump {
 
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             // SAFETY: single-threaded access to the cursor.
-            let next = unsafe { &mut *MEM.1.get() };
+            let next = unsafe { &mut *MEM.0.get() };
             if ptr as usize + layout.size() == base() + *next {
                 *next = ptr as usize - base();
             }
@@ -383,7 +385,7 @@ pub mod bump {
 
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
             // SAFETY: single-threaded access to the cursor.
-            let next = unsafe { &mut *MEM.1.get() };
+            let next = unsafe { &mut *MEM.0.get() };
             let p = ptr as usize;
             if p + layout.size() == base() + *next && p + new_size <= base() + ARENA {
                 *next = p + new_size - base();
