@@ -680,9 +680,9 @@ impl Exchange {
         Ok(Step::CallPlugin(PluginCall { plugin, hook, config, input }))
     }
 
-    fn authorize(&self) -> Decision {
+    fn authorize(&self) -> Arc<Decision> {
         let (Some(id), Some(rt)) = (&self.identity, &self.route) else {
-            return Decision { allowed: false, policy_ids: vec![], errors: vec!["no identity".into()] };
+            return Arc::new(Decision { allowed: false, policy_ids: vec![], errors: vec!["no identity".into()] });
         };
         let facts = Facts {
             method: &self.head.method,
@@ -707,10 +707,10 @@ impl Exchange {
         self.audit.policy_ids.clone_from(&decision.policy_ids);
         self.audit.policy_errors.clone_from(&decision.errors);
         if self.forward_auth {
-            return self.decide_only(decision);
+            return self.decide_only(Arc::unwrap_or_clone(decision));
         }
         if !decision.allowed {
-            return Err(Rejection::Forbidden(decision));
+            return Err(Rejection::Forbidden(Arc::unwrap_or_clone(decision)));
         }
         self.audit.decision = "allow".into();
         self.with_credential(After::Forward)
@@ -1188,7 +1188,7 @@ mod tests {
             let q = ask.question(context.whole());
             let lazily = store.authorize_lazily(&ask, &context, || Cow::Borrowed(&q));
             let evaluated = store.authorize_uncached(&q);
-            assert_eq!(lazily, evaluated, "{q:?}");
+            assert_eq!(*lazily, evaluated, "{q:?}");
             assert_eq!(store.authorize(&q), evaluated, "{q:?}");
             if evaluated.allowed { allowed += 1 } else { denied += 1 }
         }

@@ -141,7 +141,7 @@ pub struct PolicyStore {
     /// What of the context the policies read (see `authorize`).
     context_read: ContextRead,
     /// Recent decisions (see `authorize`).
-    decisions: Memo<DecisionKey, Decision>,
+    decisions: Memo<DecisionKey, Arc<Decision>>,
     /// The entities of recent principals (see `request_entities`).
     request_entities: Memo<EntitiesKey, Arc<Entities>>,
     index: crate::policy_index::PolicyIndex,
@@ -281,27 +281,27 @@ impl PolicyStore {
     /// not change while the store lives). A request attribute no policy mentions (`time`, `path` when unused)
     /// does not split the cache.
     pub fn authorize(&self, q: &Question) -> Decision {
-        self.authorize_lazily(&q.ask(), &q.context, || std::borrow::Cow::Borrowed(q))
+        Arc::unwrap_or_clone(self.authorize_lazily(&q.ask(), &q.context, || std::borrow::Cow::Borrowed(q)))
     }
 
     /// Decides the question `ask` and `context` describe; `question` builds it in full, and is called only
-    /// when the decision cache cannot answer.
+    /// when the decision cache cannot answer. The decision is shared with the cache (a hit copies nothing).
     pub fn authorize_lazily<'q>(
         &self,
         ask: &Ask<'_>,
         context: &dyn ContextSource,
         question: impl FnOnce() -> std::borrow::Cow<'q, Question>,
-    ) -> Decision {
+    ) -> Arc<Decision> {
         let entities = self.entities_key(ask);
         let Some(context) = self.context_key(context) else {
-            return self.decision(&question(), entities);
+            return Arc::new(self.decision(&question(), entities));
         };
         let key = DecisionKey { entities, action: ask.action.to_owned(), resource: ask.resource.to_owned(), context };
         if let Some(d) = self.decisions.get(&key) {
             return d;
         }
-        let decision = self.decision(&question(), key.entities.clone());
-        self.decisions.insert(key, decision.clone());
+        let decision = Arc::new(self.decision(&question(), key.entities.clone()));
+        self.decisions.insert(key, Arc::clone(&decision));
         decision
     }
 
