@@ -146,6 +146,8 @@ pub struct PolicyStore {
     request_entities: Memo<EntitiesKey, Arc<Entities>>,
     index: crate::policy_index::PolicyIndex,
     entities: Entities,
+    /// The ids of the models the static entities list (a model not there is added per request).
+    known_models: std::collections::HashSet<String>,
     authorizer: Authorizer,
     origins: BTreeMap<String, Located>,
 }
@@ -246,12 +248,19 @@ impl PolicyStore {
         if !problems.is_empty() {
             return Err(ConfigError::Policies(problems));
         }
+        let types = Types::new().map_err(|e| ConfigError::Policies(vec![Located::new("schema", 1, e)]))?;
+        let known_models = entities
+            .iter()
+            .filter(|e| *e.uid().type_name() == types.model)
+            .map(|e| e.uid().id().unescaped().to_owned())
+            .collect();
         Ok(PolicyStore {
+            known_models,
             ips: Memo::new(IPS_CACHED),
             request_entities: Memo::new(REQUEST_ENTITIES_CACHED),
             context_read: ContextRead::of(&set),
             decisions: Memo::new(DECISIONS_CACHED),
-            types: Types::new().map_err(|e| ConfigError::Policies(vec![Located::new("schema", 1, e)]))?,
+            types,
             index: crate::policy_index::PolicyIndex::new(&set),
             entities,
             authorizer: Authorizer::new(),
@@ -322,7 +331,7 @@ impl PolicyStore {
     }
 
     fn entities_key(&self, ask: &Ask<'_>) -> EntitiesKey {
-        EntitiesKey::of(ask, self.entities.get(&self.resource_uid(ask.resource)).is_none())
+        EntitiesKey::of(ask, !self.known_models.contains(ask.resource))
     }
 
     /// The context's part of the decision-cache key: the attributes the policies read, each written as its
