@@ -213,6 +213,9 @@ pub struct Exchange {
 /// Caller headers passed to a backend behind an adapter.
 const ADAPTED_PASS: [&str; 4] = ["accept", "user-agent", "traceparent", "tracestate"];
 
+/// Headers the gateway sets upstream; a caller's own are dropped.
+const GATEHOUSE_PREFIX: &str = "x-gatehouse-";
+
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -805,12 +808,15 @@ impl Exchange {
                     .headers
                     .iter()
                     .filter(|(n, _)| {
-                        let n = n.to_ascii_lowercase();
-                        !HOP_BY_HOP.contains(&n.as_str())
-                            && n != "authorization"
-                            && n != "content-length"
-                            && n != "x-forwarded-for"
-                            && !n.starts_with("x-gatehouse-")
+                        // Names compared without case and without a lowercased copy per header.
+                        let is = |name: &str| n.eq_ignore_ascii_case(name);
+                        !HOP_BY_HOP.iter().any(|h| is(h))
+                            && !is("authorization")
+                            && !is("content-length")
+                            && !is("x-forwarded-for")
+                            && !n
+                                .get(..GATEHOUSE_PREFIX.len())
+                                .is_some_and(|p| p.eq_ignore_ascii_case(GATEHOUSE_PREFIX))
                     })
                     .cloned()
                     .collect();

@@ -308,6 +308,33 @@ async fn oversized_bodies_get_413() {
 }
 
 #[tokio::test]
+async fn callers_cannot_set_the_headers_the_gateway_sets() {
+    use http_body_util::{BodyExt, Full};
+    let w = world(&["rsa1"], 300).await;
+    let req = http::Request::post(w.gw.url(PREDICT))
+        .header("authorization", format!("Bearer {}", w.token("alice", &["data-scientists"])))
+        .header("content-type", "application/json")
+        .header("X-Gatehouse-Subject", "mallory")
+        .header("X-GATEHOUSE-Issuer", "https://evil.example")
+        .header("x-gatehouse-Groups", "admins")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .header("Proxy-Authorization", "Basic c2VjcmV0")
+        .header("X-Trace", "t1")
+        .body(Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let res = client().request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let seen = &body["headers"];
+    assert_eq!(seen["x-gatehouse-subject"], "alice", "{seen}");
+    assert!(!seen.to_string().contains("mallory") && !seen.to_string().contains("evil.example"), "{seen}");
+    assert!(seen.get("x-gatehouse-groups").is_none(), "a forwarded request carries no groups header: {seen}");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "the caller's own claim is not trusted by default: {seen}");
+    assert!(seen.get("proxy-authorization").is_none() && seen.get("authorization").is_none(), "{seen}");
+    assert_eq!(seen["x-trace"], "t1", "other headers pass: {seen}");
+}
+
+#[tokio::test]
 async fn transform_plugin_redacts_before_forwarding() {
     let w = world(&["rsa1"], 300).await;
     let t = w.token("alice", &["data-scientists"]);
