@@ -47,6 +47,10 @@ pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
 pub use pipeline::{AfterUpstream, Exchange, Facts, Grant, Input, KeySet, PluginCall, RequestHead, Step, Upstream};
 pub use policy::{Ask, ContextSource, Decision, PolicyStore, Question};
 
+/// The hash map of the caches that requests look up: foldhash instead of SipHash (a key is hashed on every
+/// request; the seed is random per map).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Time as the host sees it.
 pub trait Clock: Send + Sync {
     /// Seconds since the Unix epoch (wall clock).

@@ -5,13 +5,10 @@
 //! of being full is one map dropped now and then (no eviction order to maintain per hit). The memo never holds
 //! more than `capacity` entries.
 
+use crate::FastMap as HashMap;
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Mutex;
-
-/// The memo's maps: foldhash instead of SipHash (keys such as a decision's principal, groups and context are
-/// hashed on every request; the seed is random per map).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The memo.
 pub(crate) struct Memo<K, V> {

@@ -216,6 +216,12 @@ const ADAPTED_PASS: [&str; 4] = ["accept", "user-agent", "traceparent", "tracest
 /// Headers the gateway sets upstream; a caller's own are dropped.
 const GATEHOUSE_PREFIX: &str = "x-gatehouse-";
 
+/// Whether a header (any case) is one the gateway decides on its way upstream, never taken from the caller or
+/// an adapter: hop-by-hop headers, the credential and the body's length. Compared without a lowercased copy.
+fn set_by_the_gateway(name: &str) -> bool {
+    HOP_BY_HOP.iter().chain(&["authorization", "content-length"]).any(|h| name.eq_ignore_ascii_case(h))
+}
+
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -783,12 +789,11 @@ impl Exchange {
                     .cloned()
                     .collect();
                 for (n, v) in b.headers {
-                    let lower = n.to_ascii_lowercase();
-                    if HOP_BY_HOP.contains(&lower.as_str()) || lower == "authorization" || lower == "content-length" {
+                    if set_by_the_gateway(&n) {
                         continue;
                     }
                     headers.retain(|(h, _)| !h.eq_ignore_ascii_case(&n));
-                    headers.push((lower, v));
+                    headers.push((n.to_ascii_lowercase(), v));
                 }
                 if !headers.iter().any(|(n, _)| n == "content-type") {
                     headers.push(("content-type".into(), "application/json".into()));
@@ -808,12 +813,8 @@ impl Exchange {
                     .headers
                     .iter()
                     .filter(|(n, _)| {
-                        // Names compared without case and without a lowercased copy per header.
-                        let is = |name: &str| n.eq_ignore_ascii_case(name);
-                        !HOP_BY_HOP.iter().any(|h| is(h))
-                            && !is("authorization")
-                            && !is("content-length")
-                            && !is("x-forwarded-for")
+                        !set_by_the_gateway(n)
+                            && !n.eq_ignore_ascii_case("x-forwarded-for")
                             && !n
                                 .get(..GATEHOUSE_PREFIX.len())
                                 .is_some_and(|p| p.eq_ignore_ascii_case(GATEHOUSE_PREFIX))

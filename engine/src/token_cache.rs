@@ -4,6 +4,7 @@
 //! rotated key set (new version) or an expired token misses. The forward-auth decision cache
 //! ([`crate::forward_auth::DecisionCache`]) is the same mechanism.
 
+use crate::FastMap as HashMap;
 use gatehouse_plugin_abi::Identity;
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -14,9 +15,6 @@ use std::sync::{Arc, Mutex};
 pub struct Expiring<K, V> {
     entries: Mutex<HashMap<K, (i64, V)>>,
 }
-
-/// foldhash rather than SipHash: a key is hashed on every request (the seed is random per map).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 impl<K, V> Default for Expiring<K, V> {
     fn default() -> Self {
