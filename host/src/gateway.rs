@@ -168,7 +168,7 @@ impl Gateway {
                 .iter()
                 .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
                 .collect(),
-            client_ip: client_ip(&peer),
+            client_ip: peer.ip().to_string(),
             decide_only,
         };
         let (ex, step) = loaded.engine.start(head);
@@ -420,24 +420,4 @@ fn request_id() -> String {
     let mut id = String::with_capacity(32);
     id.extend((0..32).rev().filter_map(|i| char::from_digit(((n >> (4 * i)) & 0xf) as u32, 16)));
     id
-}
-
-/// The text of the caller's address. Requests come in runs from one connection, so each thread keeps the last
-/// address it formatted.
-fn client_ip(peer: &SocketAddr) -> String {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, String)>> = const { std::cell::RefCell::new(None) };
-    }
-    let ip = peer.ip();
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((cached, text)) if *cached == ip => text.clone(),
-            _ => {
-                let text = ip.to_string();
-                *last = Some((ip, text.clone()));
-                text
-            }
-        }
-    })
 }
