@@ -12,6 +12,12 @@
 //!   Changed pages are found by the kernel (`PAGEMAP_SCAN`, Linux 6.7+): a page that differs from the image
 //!   was written, so it is present (or swapped out) and private; pages still mapped to the module's image or
 //!   the zero page, and pages never touched, hold their initial contents. Without the ioctl there is no reuse.
+//!   The scan is skipped when the thread that calls an instance took no page fault since its last call ended
+//!   ([`dirty::thread_faults`]): a page still holding its initial contents is absent or mapped read-only, so a
+//!   write to it faults; with no fault the written pages are those of the last scan, copied back as they
+//!   are. The instance's memory is kept from huge pages, whose background collapse would make pages writable
+//!   without a fault, and every 256th such reset scans anyway and checks the list (a page missing from it
+//!   turns the shortcut off for the process).
 //! - **globals**: the module is rewritten at load to export every mutable global (`__gatehouse_global_N`); the
 //!   host restores each to its initial value (a numeric constant; other globals: no reuse).
 //! - **tables and segments**: the module must contain none of the instructions that change them
@@ -304,6 +310,40 @@ pub mod dirty {
         pagemap().is_some()
     }
 
+    /// Page faults this thread has taken so far (minor and major), or `None` if the kernel does not say.
+    ///
+    /// A page of an instance's memory that still holds its initial contents is not present, or mapped
+    /// read-only (the zero page, the module's copy-on-write image): a write to it faults, on the thread that
+    /// writes, and leaves it private and writable. So when no fault happened on the thread while it wrote an
+    /// instance's arguments, ran the call and read its result, the pages the call can have changed are among
+    /// the private pages already known from the last scan, and the reset needs no scan.
+    pub fn thread_faults() -> Option<u64> {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+        // SAFETY: getrusage writes one `rusage` into the pointer it is given, which points to one.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: getrusage succeeded, so it filled the struct in.
+        let usage = unsafe { usage.assume_init() };
+        let count = |n: libc::c_long| u64::try_from(n).ok();
+        Some(count(usage.ru_minflt)?.wrapping_add(count(usage.ru_majflt)?))
+    }
+
+    /// Keeps the kernel from backing `memory` with huge pages. khugepaged collapses small pages into a
+    /// huge page in the background, copying them: pages that were not present or read-only would become
+    /// private and writable without a fault on any thread of ours, which [`thread_faults`] relies on.
+    /// Returns false if the kernel refused.
+    pub fn no_huge_pages(memory: &[u8]) -> bool {
+        let start = memory.as_ptr() as usize;
+        if memory.is_empty() || !start.is_multiple_of(4096) {
+            return false;
+        }
+        // SAFETY: MADV_NOHUGEPAGE only sets a flag on the mappings of a range this process maps (a wasm
+        // memory); it changes no contents and no protection.
+        unsafe { libc::madvise(start as *mut libc::c_void, memory.len(), libc::MADV_NOHUGEPAGE) == 0 }
+    }
+
     /// Calls `each(offset, len)` for every run of pages of `memory` that may have been written since it was
     /// mapped: present or swapped, private, not the zero page. Returns false if the scan failed (the caller
     /// must then assume every page is dirty).
@@ -352,5 +392,53 @@ pub mod dirty {
     /// Never succeeds here.
     pub fn for_each(_memory: &[u8], _each: &mut dyn FnMut(std::ops::Range<usize>)) -> bool {
         false
+    }
+
+    /// Not known here.
+    pub fn thread_faults() -> Option<u64> {
+        None
+    }
+
+    /// Never succeeds here.
+    pub fn no_huge_pages(_memory: &[u8]) -> bool {
+        false
+    }
+}
+
+/// Whether every byte of the ranges `found` lies in the ranges `known` (both sorted, each without overlaps).
+pub fn covered(found: &[std::ops::Range<usize>], known: &[std::ops::Range<usize>]) -> bool {
+    let mut k = known.iter().peekable();
+    for r in found {
+        let mut at = r.start;
+        while at < r.end {
+            // Skip the known ranges that end at or before `at`; the next one must start at or before it.
+            while k.peek().is_some_and(|kr| kr.end <= at) {
+                k.next();
+            }
+            match k.peek() {
+                Some(kr) if kr.start <= at => at = kr.end,
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covered;
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn covered_needs_every_byte_inside_the_known_ranges() {
+        let known = [4096..12288, 20480..24576];
+        assert!(covered(&[], &known));
+        assert!(covered(&[4096..8192, 8192..12288, 20480..24576], &known));
+        assert!(covered(&[4096..12288], &[4096..8192, 8192..12288]), "adjacent known ranges cover a run");
+        assert!(!covered(&[0..4096], &known));
+        assert!(!covered(&[8192..16384], &known), "runs past the end of a known range");
+        assert!(!covered(&[12288..16384], &known), "between two known ranges");
+        assert!(!covered(&[20480..28672], &known));
+        assert!(!covered(&[4096..8192], &[]));
     }
 }

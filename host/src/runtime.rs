@@ -8,7 +8,7 @@ use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
 use gatehouse_plugin_abi::{self as abi, Hook, Manifest};
 use sha2::Digest;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use wasmtime::{
@@ -194,7 +194,46 @@ struct Warm {
     alloc: TypedFunc<i32, i32>,
     hooks: Vec<(Hook, HookFunc)>,
     globals: Vec<Global>,
-    dirty: Vec<std::ops::Range<usize>>,
+    /// The private pages of its memory (those written since it was mapped) at the last scan, and whether
+    /// that list is valid: the reset copies these back without scanning again when the call took no page
+    /// fault (see [`crate::reuse::dirty::thread_faults`]).
+    written: Vec<std::ops::Range<usize>>,
+    written_known: bool,
+    /// Whether its memory is kept from huge pages (see [`crate::reuse::dirty::no_huge_pages`]).
+    trackable: bool,
+    /// Whether the last call ran without a page fault on its thread since the call before it ended.
+    quiet: bool,
+    /// The thread that made the last call and its fault count when that call ended.
+    faults_at: Option<(usize, u64)>,
+    /// Resets so far; every [`VERIFY_EVERY`]th one scans anyway and checks the list.
+    resets: u32,
+}
+
+/// Whether resets may rely on page faults to learn that no new page was written (turned off for good, with
+/// a log line, if a periodic scan ever finds a written page the list lacked).
+static FAULT_TRACKING: AtomicBool = AtomicBool::new(true);
+
+/// How often a reset that could skip the scan scans anyway, to check that the list of written pages is whole.
+const VERIFY_EVERY: u32 = 256;
+
+thread_local! {
+    /// This thread's resets: (without a scan, with one).
+    static RESETS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// This thread, as a number no other thread of the process has had (an address could be reused by a later
+/// thread, whose fault count might then match the count another thread left).
+fn this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    thread_local! {
+        static ME: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ME.with(|me| *me)
+}
+
+/// How many instance resets this thread has done without scanning the memory's pages, and with a scan.
+pub fn reset_counts() -> (u64, u64) {
+    RESETS.with(std::cell::Cell::get)
 }
 
 impl Drop for Reuse {
@@ -366,7 +405,7 @@ impl Plugin {
         memory: usize,
     ) -> Result<Vec<u8>, String> {
         let Some(reuse) = &self.reuse else {
-            let mut warm = self.warm(&[], memory, timeout)?;
+            let mut warm = self.warm(&[], memory, timeout, false)?;
             return warm.call(hook, config, input);
         };
         let slot = reuse.parked.get(thread_slot()).ok_or("no instance list for this thread")?;
@@ -377,7 +416,7 @@ impl Plugin {
                 w.store.set_epoch_deadline(ticks(timeout));
                 w
             }
-            None => self.warm(&reuse.initial.globals, memory, timeout)?,
+            None => self.warm(&reuse.initial.globals, memory, timeout, true)?,
         };
         let out = warm.call(hook, config, input)?;
         // Only an instance that returned normally and is back in its initial state is kept.
@@ -393,8 +432,9 @@ impl Plugin {
         Ok(out)
     }
 
-    /// A fresh instance with its exports looked up (the mutable globals named in `globals`).
-    fn warm(&self, globals: &[(String, Val)], memory: usize, timeout: Duration) -> Result<Warm, String> {
+    /// A fresh instance with its exports looked up (the mutable globals named in `globals`); `reset`: it will
+    /// be reset after its calls, so they track page faults.
+    fn warm(&self, globals: &[(String, Val)], memory: usize, timeout: Duration, reset: bool) -> Result<Warm, String> {
         let mut store = self.store(timeout, memory);
         let instance = self.pre.instantiate(&mut store).map_err(describe)?;
         let alloc = instance
@@ -412,7 +452,21 @@ impl Plugin {
             .iter()
             .map(|(name, _)| instance.get_global(&mut store, name).ok_or_else(|| format!("no export `{name}`")))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Warm { store, memory, alloc, hooks, globals, dirty: Vec::new() })
+        // Without huge pages a write to a page not yet written always faults; otherwise every reset scans.
+        let trackable = reset && crate::reuse::dirty::no_huge_pages(memory.data(&store));
+        Ok(Warm {
+            store,
+            memory,
+            alloc,
+            hooks,
+            globals,
+            written: Vec::new(),
+            written_known: false,
+            trackable,
+            quiet: false,
+            faults_at: None,
+            resets: 0,
+        })
     }
 }
 
@@ -428,10 +482,21 @@ impl Warm {
             .find(|(h, _)| *h == hook)
             .map(|(_, f)| f.clone())
             .ok_or_else(|| format!("it does not export `{}`", hook.export_name()))?;
+        // The faults counted since the end of this instance's last call, if that was on this thread: only the
+        // thread that calls an instance touches its memory, so any fault that made one of its pages writable
+        // since then is in the count (the others are the host's own, and only cost a scan).
+        let since = self.faults_at.take().filter(|(thread, _)| *thread == this_thread());
+        self.quiet = false;
         let (cp, cl) = self.write_region(config)?;
         let (ip, il) = self.write_region(input)?;
         let packed = func.call(&mut self.store, (cp, cl, ip, il)).map_err(describe)?;
-        region(self.memory.data(&self.store), packed)
+        let out = region(self.memory.data(&self.store), packed)?;
+        if self.trackable {
+            let now = crate::reuse::dirty::thread_faults();
+            self.quiet = matches!((since, now), (Some((_, a)), Some(b)) if a == b);
+            self.faults_at = now.map(|n| (this_thread(), n));
+        }
+        Ok(out)
     }
 
     fn write_region(&mut self, bytes: &[u8]) -> Result<(i32, i32), String> {
@@ -450,13 +515,27 @@ impl Warm {
         if data.len() != initial.memory.len() {
             return false;
         }
-        self.dirty.clear();
-        let dirty = &mut self.dirty;
-        if !crate::reuse::dirty::for_each(data, &mut |r| dirty.push(r)) {
-            return false;
+        self.resets = self.resets.wrapping_add(1);
+        let skip = self.trackable && self.quiet && self.written_known && FAULT_TRACKING.load(Ordering::Relaxed);
+        if skip && !self.resets.is_multiple_of(VERIFY_EVERY) {
+            RESETS.with(|c| c.set((c.get().0 + 1, c.get().1)));
+        } else {
+            let mut found = Vec::with_capacity(self.written.len().max(4));
+            if !crate::reuse::dirty::for_each(data, &mut |r| found.push(r)) {
+                return false;
+            }
+            if skip && !crate::reuse::covered(&found, &self.written) {
+                FAULT_TRACKING.store(false, Ordering::Relaxed);
+                crate::log(format_args!(
+                    "plugin reset: a scan found written pages that no page fault announced; every reset scans from now on"
+                ));
+            }
+            RESETS.with(|c| c.set((c.get().0, c.get().1 + 1)));
+            self.written = found;
+            self.written_known = true;
         }
         let data = self.memory.data_mut(&mut self.store);
-        for r in &self.dirty {
+        for r in &self.written {
             match (data.get_mut(r.clone()), initial.memory.get(r.clone())) {
                 (Some(to), Some(from)) => to.copy_from_slice(from),
                 _ => return false,

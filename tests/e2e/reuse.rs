@@ -1,6 +1,6 @@
 //! Reused plugin instances (`gatehouse_host::reuse`) start every call in the state of a fresh instance: a
-//! probe module reports, on each call, the values it finds in a mutable global, a data-segment byte and a
-//! zero-initialised byte, then changes all three (and may grow memory or trap). Every call must see the
+//! probe module reports, on each call, the values it finds in a mutable global, a data-segment byte and two
+//! zero-initialised bytes, then changes them (and may grow memory or trap). Every call must see the
 //! initial values, whatever the calls before it did.
 
 use gatehouse_engine::{ModuleSource, PluginCall, PluginRef};
@@ -30,7 +30,8 @@ fn probe(extra: &str) -> String {
     ;; the report: calls so far, the data byte, the zeroed byte, where the allocator stands
     (i32.store8 (i32.const 600) (i32.add (i32.const 48) (global.get $calls)))
     (i32.store8 (i32.const 601) (i32.load8_u (i32.const 512)))
-    (i32.store8 (i32.const 602) (i32.add (i32.const 48) (i32.load8_u (i32.const 700))))
+    (i32.store8 (i32.const 602)
+      (i32.add (i32.const 48) (i32.add (i32.load8_u (i32.const 700)) (i32.load8_u (i32.const 100000)))))
     (i32.store8 (i32.const 603) (i32.add (i32.const 48) (i32.div_u (global.get $next) (i32.const 4096))))
     ;; now leave traces: the global, both bytes, the input's first byte, a byte on the second page
     (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
@@ -73,6 +74,36 @@ fn call(plugins: &Plugins, name: &str, input: &str) -> Result<String, String> {
         input: input.as_bytes().to_vec(),
     };
     plugins.call(&call).map(|out| String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn resets_skip_the_scan_until_a_call_writes_a_page_it_never_wrote() {
+    // `w...`: also write a byte on a page no call wrote before (page 24; the report's third character reads it).
+    let extra = r#"
+    (if (i32.eq (i32.load8_u (local.get 2)) (i32.const 119)) (then (i32.store8 (i32.const 100000) (i32.const 5))))"#;
+    let plugins = load("probe", &probe(extra));
+    let fresh = "0A01";
+    let counts = gatehouse_host::runtime::reset_counts;
+    for _ in 0..4 {
+        assert_eq!(call(&plugins, "probe", "x").unwrap(), fresh);
+    }
+    let (quiet, scanned) = counts();
+    for _ in 0..4 {
+        assert_eq!(call(&plugins, "probe", "y").unwrap(), fresh);
+    }
+    if !gatehouse_host::reuse::dirty::available() {
+        return;
+    }
+    // The same pages as before: no fault, so no scan (the host's own allocations on this thread may fault now
+    // and then; such a call scans, which is never wrong).
+    assert!(counts().0 >= quiet + 3, "calls that write only pages already written skip the scan: {:?}", counts());
+    // A new page faults: that reset scans, finds it and puts it back; the calls after it skip the scan again.
+    assert_eq!(call(&plugins, "probe", "w").unwrap(), fresh);
+    assert_eq!(counts().1, scanned + 1, "a call that wrote a new page is followed by a scan");
+    for input in ["x", "w", "y", "x"] {
+        assert_eq!(call(&plugins, "probe", input).unwrap(), fresh, "after input {input:?}");
+    }
+    assert!(counts().0 >= quiet + 7, "the page is now known: {:?}", counts());
 }
 
 #[test]
