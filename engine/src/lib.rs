@@ -48,8 +48,9 @@ pub use pipeline::{AfterUpstream, Exchange, Facts, Grant, Input, KeySet, PluginC
 pub use policy::{Ask, ContextSource, Decision, PolicyStore, Question};
 
 /// The hash map of the caches that requests look up: foldhash instead of SipHash (a key is hashed on every
-/// request; the seed is random per map).
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// request; the seed is random per map), and hashbrown's so a lookup can use a key of borrowed parts
+/// ([`hashbrown::Equivalent`]) instead of building an owned key first.
+pub(crate) type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Time as the host sees it.
 pub trait Clock: Send + Sync {

@@ -6,7 +6,7 @@
 //! more than `capacity` entries.
 
 use crate::FastMap as HashMap;
-use std::borrow::Borrow;
+use hashbrown::Equivalent;
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -38,11 +38,8 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
         Memo { generations: Mutex::new(generations), half: (capacity / 2).max(1) }
     }
 
-    /// The value remembered for `key`.
-    pub(crate) fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-    {
+    /// The value remembered for `key` (any type that hashes as `K` does and compares equal to it).
+    pub(crate) fn get<Q: Hash + Equivalent<K> + ?Sized>(&self, key: &Q) -> Option<V> {
         let mut g = self.generations.lock().ok()?;
         if let Some(v) = g.current.get(key) {
             return Some(v.clone());

@@ -301,15 +301,18 @@ impl PolicyStore {
         context: &dyn ContextSource,
         question: impl FnOnce() -> std::borrow::Cow<'q, Question>,
     ) -> Arc<Decision> {
-        let entities = self.entities_key(ask);
+        let entities = EntitiesAsk::of(ask, !self.known_models.contains(ask.resource));
         let Some(context) = self.context_key(context) else {
-            return Arc::new(self.decision(&question(), entities));
+            return Arc::new(self.decision(&question(), entities.to_key()));
         };
-        let key = DecisionKey { entities, action: ask.action.to_owned(), resource: ask.resource.to_owned(), context };
-        if let Some(d) = self.decisions.get(&key) {
+        // Looked up by borrowed parts: a hit copies nothing.
+        let asked = DecisionAsk { entities, action: ask.action, resource: ask.resource, context: &context };
+        if let Some(d) = self.decisions.get(&asked) {
             return d;
         }
-        let decision = Arc::new(self.decision(&question(), key.entities.clone()));
+        let entities = entities.to_key();
+        let decision = Arc::new(self.decision(&question(), entities.clone()));
+        let key = DecisionKey { entities, action: ask.action.to_owned(), resource: ask.resource.to_owned(), context };
         self.decisions.insert(key, Arc::clone(&decision));
         decision
     }
@@ -331,7 +334,7 @@ impl PolicyStore {
     }
 
     fn entities_key(&self, ask: &Ask<'_>) -> EntitiesKey {
-        EntitiesKey::of(ask, !self.known_models.contains(ask.resource))
+        EntitiesAsk::of(ask, !self.known_models.contains(ask.resource)).to_key()
     }
 
     /// The context's part of the decision-cache key: the attributes the policies read, each written as its
@@ -481,16 +484,51 @@ struct EntitiesKey {
     resource: Option<String>,
 }
 
-impl EntitiesKey {
-    fn of(q: &Ask<'_>, unknown_resource: bool) -> EntitiesKey {
-        EntitiesKey {
+/// An [`EntitiesKey`] of borrowed parts, to look one up without copying. It must hash exactly as the owned
+/// key does: the same fields in the same order, and a `&str` hashes as a `String`, a slice as a `Vec`, an
+/// `Option<&str>` as an `Option<String>` (tested below).
+#[derive(Clone, Copy, Hash)]
+struct EntitiesAsk<'a> {
+    kind: PrincipalKind,
+    principal: &'a str,
+    issuer: &'a str,
+    email: Option<&'a str>,
+    groups: &'a [String],
+    resource: Option<&'a str>,
+}
+
+impl<'a> EntitiesAsk<'a> {
+    fn of(q: &Ask<'a>, unknown_resource: bool) -> EntitiesAsk<'a> {
+        EntitiesAsk {
             kind: q.kind,
-            principal: q.principal.to_owned(),
-            issuer: q.issuer.to_owned(),
-            email: if q.kind == PrincipalKind::User { q.email.map(str::to_owned) } else { None },
-            groups: q.groups.to_vec(),
-            resource: unknown_resource.then(|| q.resource.to_owned()),
+            principal: q.principal,
+            issuer: q.issuer,
+            email: if q.kind == PrincipalKind::User { q.email } else { None },
+            groups: q.groups,
+            resource: unknown_resource.then_some(q.resource),
         }
+    }
+
+    fn to_key(self) -> EntitiesKey {
+        EntitiesKey {
+            kind: self.kind,
+            principal: self.principal.to_owned(),
+            issuer: self.issuer.to_owned(),
+            email: self.email.map(str::to_owned),
+            groups: self.groups.to_vec(),
+            resource: self.resource.map(str::to_owned),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<EntitiesKey> for EntitiesAsk<'_> {
+    fn equivalent(&self, key: &EntitiesKey) -> bool {
+        self.kind == key.kind
+            && self.principal == key.principal
+            && self.issuer == key.issuer
+            && self.email == key.email.as_deref()
+            && self.groups == key.groups.as_slice()
+            && self.resource == key.resource.as_deref()
     }
 }
 
@@ -505,6 +543,24 @@ struct DecisionKey {
     resource: String,
     /// The context attributes the policies read, as JSON.
     context: String,
+}
+
+/// A [`DecisionKey`] of borrowed parts, hashing as it does (see [`EntitiesAsk`]).
+#[derive(Hash)]
+struct DecisionAsk<'a> {
+    entities: EntitiesAsk<'a>,
+    action: &'a str,
+    resource: &'a str,
+    context: &'a str,
+}
+
+impl hashbrown::Equivalent<DecisionKey> for DecisionAsk<'_> {
+    fn equivalent(&self, key: &DecisionKey) -> bool {
+        self.entities.equivalent(&key.entities)
+            && self.action == key.action
+            && self.resource == key.resource
+            && self.context == key.context
+    }
 }
 
 /// The context attributes the policies read: every `context.NAME` / `context has NAME`, or the whole record
@@ -606,6 +662,45 @@ mod tests {
         let d = store.authorize(&q);
         assert!(d.errors.is_empty(), "{:?}", d.errors);
         d.policy_ids
+    }
+
+    /// The decision cache is looked up with keys of borrowed parts: each must hash as the owned key it stands
+    /// for (or every lookup would miss, silently) and be equivalent to that key only.
+    #[test]
+    fn borrowed_cache_keys_hash_and_compare_as_the_owned_ones() {
+        use hashbrown::Equivalent;
+        use std::hash::BuildHasher;
+        let state = foldhash::fast::RandomState::default();
+        let groups = ["g1".to_owned(), "g2".to_owned()];
+        let mut asks = Vec::new();
+        for kind in [PrincipalKind::User, PrincipalKind::Service] {
+            for email in [None, Some("a@example.com")] {
+                for groups in [&groups[..0], &groups[..1], &groups[..]] {
+                    for resource in [None, Some("m")] {
+                        let entities = EntitiesAsk { kind, principal: "p", issuer: "i", email, groups, resource };
+                        for context in ["", r#""ip":"1.2.3.4","#] {
+                            asks.push(DecisionAsk { entities, action: "predict", resource: "m", context });
+                        }
+                    }
+                }
+            }
+        }
+        let keys: Vec<DecisionKey> = asks
+            .iter()
+            .map(|a| DecisionKey {
+                entities: a.entities.to_key(),
+                action: a.action.to_owned(),
+                resource: a.resource.to_owned(),
+                context: a.context.to_owned(),
+            })
+            .collect();
+        for (i, ask) in asks.iter().enumerate() {
+            assert_eq!(state.hash_one(ask), state.hash_one(&keys[i]), "ask {i}");
+            assert_eq!(state.hash_one(ask.entities), state.hash_one(&keys[i].entities), "ask {i}");
+            for (j, key) in keys.iter().enumerate() {
+                assert_eq!(ask.equivalent(key), i == j, "ask {i} against key {j}");
+            }
+        }
     }
 
     /// The same principal asks again with other groups, e-mail or issuer: the cached entities of the first
