@@ -476,12 +476,9 @@ fn ticks(timeout: Duration) -> u64 {
 
 impl Warm {
     fn call(&mut self, hook: Hook, config: &[u8], input: &[u8]) -> Result<Vec<u8>, String> {
-        let func = self
-            .hooks
-            .iter()
-            .find(|(h, _)| *h == hook)
-            .map(|(_, f)| f.clone())
-            .ok_or_else(|| format!("it does not export `{}`", hook.export_name()))?;
+        let Some(at) = self.hooks.iter().position(|(h, _)| *h == hook) else {
+            return Err(format!("it does not export `{}`", hook.export_name()));
+        };
         // The faults counted since the end of this instance's last call, if that was on this thread: only the
         // thread that calls an instance touches its memory, so any fault that made one of its pages writable
         // since then is in the count (the others are the host's own, and only cost a scan).
@@ -489,6 +486,8 @@ impl Warm {
         self.quiet = false;
         let (cp, cl) = self.write_region(config)?;
         let (ip, il) = self.write_region(input)?;
+        // Borrowed, not cloned (a clone takes a reference on the function's registered type).
+        let func = &self.hooks.get(at).ok_or("no such hook")?.1;
         let packed = func.call(&mut self.store, (cp, cl, ip, il)).map_err(describe)?;
         let out = region(self.memory.data(&self.store), packed)?;
         if self.trackable {

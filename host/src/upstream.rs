@@ -85,7 +85,7 @@ impl Upstreams {
         let target = Uri::from(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         let url = std::mem::replace(&mut parts.uri, target);
         if !parts.headers.contains_key(http::header::HOST) {
-            let host = HeaderValue::from_str(host_header(&origin).as_str()).map_err(|_| UpstreamError::BadUrl)?;
+            let host = HeaderValue::from_str(host_header(&origin)).map_err(|_| UpstreamError::BadUrl)?;
             parts.headers.insert(http::header::HOST, host);
         }
         let mut req = Request::from_parts(parts, body);
@@ -143,12 +143,16 @@ impl Upstreams {
     }
 }
 
-/// `host[:port]`, the port only when it is not the scheme's default (what clients send).
-fn host_header(origin: &Origin) -> String {
+/// `host[:port]`, the port only when it is not the scheme's default (what clients send): the authority
+/// without its user information, or its host alone. A slice of the URL, not a new string.
+fn host_header(origin: &Origin) -> &str {
     let default = if origin.scheme == Scheme::HTTPS { 443 } else { 80 };
     match origin.authority.port_u16() {
-        Some(p) if p != default => format!("{}:{p}", origin.authority.host()),
-        _ => origin.authority.host().to_owned(),
+        Some(p) if p != default => {
+            let authority = origin.authority.as_str();
+            authority.rsplit_once('@').map_or(authority, |(_, host_port)| host_port)
+        }
+        _ => origin.authority.host(),
     }
 }
 
@@ -164,5 +168,9 @@ mod tests {
         assert_eq!(host_header(&o("http", "127.0.0.1:8080")), "127.0.0.1:8080");
         assert_eq!(host_header(&o("https", "example.com:80")), "example.com:80");
         assert_eq!(host_header(&o("http", "[::1]:9000")), "[::1]:9000");
+        assert_eq!(host_header(&o("http", "[::1]:80")), "[::1]");
+        assert_eq!(host_header(&o("http", "user:pw@example.com:8080")), "example.com:8080");
+        assert_eq!(host_header(&o("https", "user@example.com:443")), "example.com");
+        assert_eq!(host_header(&o("http", "example.com")), "example.com");
     }
 }
