@@ -44,7 +44,9 @@ pub use audit::AuditRecord;
 pub use config::Config;
 pub use error::{ConfigError, Located};
 pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
-pub use pipeline::{AfterUpstream, Exchange, Facts, Grant, Input, KeySet, PluginCall, RequestHead, Step, Upstream};
+pub use pipeline::{
+    AfterUpstream, Exchange, Facts, Grant, Input, KeySet, PluginCall, RESPONSE_HOP_BY_HOP, RequestHead, Step, Upstream,
+};
 pub use policy::{Ask, ContextSource, Decision, PolicyStore, Question};
 
 /// The hash map of the caches that requests look up: foldhash instead of SipHash (a key is hashed on every

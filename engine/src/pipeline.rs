@@ -222,6 +222,12 @@ fn set_by_the_gateway(name: &str) -> bool {
     HOP_BY_HOP.iter().chain(&["authorization", "content-length"]).any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Headers of the upstream's response that are not passed on to the caller: HTTP/1.1's hop-by-hop headers
+/// (RFC 9110 7.6.1) that a response can carry. Every host removes these (the native one, and the Workers shim,
+/// which gets the list with each forward step).
+pub const RESPONSE_HOP_BY_HOP: [&str; 6] =
+    ["connection", "keep-alive", "proxy-authenticate", "trailer", "transfer-encoding", "upgrade"];
+
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",

@@ -252,7 +252,7 @@ impl Gateway {
         }
         ex.finish();
         let (mut parts, incoming) = res.into_parts();
-        for name in RESPONSE_HOP_BY_HOP {
+        for name in RESPONSE_HOP_BY_HOP.iter() {
             parts.headers.remove(name);
         }
         for (n, v) in up.response_headers {
@@ -377,15 +377,10 @@ pub fn answer_response(answer: Answer) -> Response<ResponseBody> {
     res
 }
 
-/// Hop-by-hop headers of the upstream's response, not passed on to the caller (HTTP/1.1, RFC 9110 7.6.1).
-const RESPONSE_HOP_BY_HOP: [http::HeaderName; 6] = [
-    http::header::CONNECTION,
-    http::HeaderName::from_static("keep-alive"),
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-    http::header::PROXY_AUTHENTICATE,
-    http::header::TRAILER,
-];
+/// The engine's [`gatehouse_engine::RESPONSE_HOP_BY_HOP`] as header names, parsed once.
+static RESPONSE_HOP_BY_HOP: std::sync::LazyLock<Vec<http::HeaderName>> = std::sync::LazyLock::new(|| {
+    gatehouse_engine::RESPONSE_HOP_BY_HOP.iter().map(|n| http::HeaderName::from_static(n)).collect()
+});
 
 /// The request the engine asked to send, built from its parts without copying header values (each `String`
 /// becomes the value's bytes).

@@ -254,8 +254,6 @@ function answer(a) {
   return new Response(a.body, { status: a.status, headers: a.headers });
 }
 
-const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authenticate", "trailer"];
-
 // Thrown by a request's calls into the core once its caller has hung up: that exchange is over.
 const CALLER_GONE = Symbol("caller gone");
 
@@ -355,7 +353,7 @@ async function handle(request, env, ctx, open) {
       }
       x.end("finish");
       const headers = new Headers(res.headers);
-      for (const h of HOP_BY_HOP) headers.delete(h);
+      for (const h of up.drop_response_headers) headers.delete(h);
       for (const [n, v] of up.response_headers) headers.set(n, v);
       return new Response(res.body, { status: res.status, headers });
     } else {

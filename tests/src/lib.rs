@@ -199,7 +199,11 @@ impl Backend {
                         .unwrap();
                 }
                 let received: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                json_response(200, &json!({"path": path, "headers": headers, "body": received}))
+                // A hop-by-hop header the gateway must not pass on, and an end-to-end one it must.
+                let mut res = json_response(200, &json!({"path": path, "headers": headers, "body": received}));
+                res.headers_mut().insert("proxy-authenticate", http::HeaderValue::from_static("Basic realm=\"model\""));
+                res.headers_mut().insert("x-model-version", http::HeaderValue::from_static("7"));
+                res
             }
         })
         .await;

@@ -330,7 +330,8 @@ fn step_json(st: &mut State, ex: u64, step: Step) -> Value {
         }
         Step::Forward(up) => json!({"forward": {
             "url": up.url, "method": up.method, "headers": up.headers, "body_b64": b64(&up.body),
-            "timeout_ms": up.timeout_ms, "response_headers": up.response_headers}, "background": background}),
+            "timeout_ms": up.timeout_ms, "response_headers": up.response_headers,
+            "drop_response_headers": gatehouse_engine::RESPONSE_HOP_BY_HOP}, "background": background}),
         Step::Respond(answer) => json!({"respond": answer}),
         Step::Grant(g) => json!({"grant": {"headers": g.headers}, "background": background}),
     }
