@@ -258,16 +258,9 @@ impl Engine {
         {
             head.client_ip = first.trim().to_owned();
         }
-        let audit = AuditRecord {
-            time: clock.unix_secs(),
-            request_id: head.request_id.clone(),
-            method: head.method.clone(),
-            path: head.path.clone(),
-            client_ip: head.client_ip.clone(),
-            decision: "deny".into(),
-            forward_auth,
-            ..AuditRecord::default()
-        };
+        // The request's id, method, path and address join the record when it is taken (moved, not copied).
+        let audit =
+            AuditRecord { time: clock.unix_secs(), decision: "deny".into(), forward_auth, ..AuditRecord::default() };
         let mut ex = Exchange {
             engine: Arc::clone(self),
             head,
@@ -905,7 +898,14 @@ impl Exchange {
     pub fn take_record(&mut self) -> AuditRecord {
         self.account();
         self.audit.latency_us.total = self.engine.clock().micros().saturating_sub(self.started);
-        std::mem::take(&mut self.audit)
+        let head = &mut self.head;
+        AuditRecord {
+            request_id: std::mem::take(&mut head.request_id),
+            method: std::mem::take(&mut head.method),
+            path: std::mem::take(&mut head.path),
+            client_ip: std::mem::take(&mut head.client_ip),
+            ..std::mem::take(&mut self.audit)
+        }
     }
 
     /// The caller closed the connection before its answer was sent (the host dropped the request): the
