@@ -46,6 +46,7 @@ pub use error::{ConfigError, Located};
 pub use load::{Engine, IssuerRuntime, ModuleSource, PluginRef, RouteRuntime};
 pub use pipeline::{
     AfterUpstream, Exchange, Facts, Grant, Input, KeySet, PluginCall, RESPONSE_HOP_BY_HOP, RequestHead, Step, Upstream,
+    connection_options,
 };
 pub use policy::{Ask, ContextSource, Decision, PolicyStore, Question};
 

@@ -223,10 +223,22 @@ fn set_by_the_gateway(name: &str) -> bool {
 }
 
 /// Headers of the upstream's response that are not passed on to the caller: HTTP/1.1's hop-by-hop headers
-/// (RFC 9110 7.6.1) that a response can carry. Every host removes these (the native one, and the Workers shim,
-/// which gets the list with each forward step).
+/// (RFC 9110 7.6.1) that a response can carry, and those its `Connection` header names
+/// ([`connection_options`]). Every host removes both (the Workers shim gets the names from the core).
 pub const RESPONSE_HOP_BY_HOP: [&str; 6] =
     ["connection", "keep-alive", "proxy-authenticate", "trailer", "transfer-encoding", "upgrade"];
+
+/// The header names a `Connection` header's value nominates as hop-by-hop (RFC 9110 7.6.1: a proxy removes
+/// them with the `Connection` header itself), as written (header names compare without case), leaving out
+/// those already in [`RESPONSE_HOP_BY_HOP`] and `close` (the usual values, `keep-alive` and `close`, then
+/// name nothing more to remove).
+pub fn connection_options(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|name| {
+        !name.is_empty()
+            && !name.eq_ignore_ascii_case("close")
+            && !RESPONSE_HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    })
+}
 
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -1119,6 +1131,15 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_options_are_the_names_beyond_the_hop_by_hop_ones() {
+        let names = |v| connection_options(v).collect::<Vec<_>>();
+        assert_eq!(names("keep-alive"), Vec::<&str>::new());
+        assert_eq!(names("Close"), Vec::<&str>::new());
+        assert_eq!(names(" keep-alive , X-Hop-Note,,upgrade, x-trace "), ["X-Hop-Note", "x-trace"]);
+        assert_eq!(names(""), Vec::<&str>::new());
+    }
 
     /// A decision asked from the request's facts (the cache keyed by the attributes the policies read, the
     /// question built only on a miss) equals Cedar's evaluation of the whole question, on generated

@@ -252,7 +252,15 @@ impl Gateway {
         }
         ex.finish();
         let (mut parts, incoming) = res.into_parts();
-        for name in RESPONSE_HOP_BY_HOP.iter() {
+        let nominated: Vec<http::HeaderName> = parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(gatehouse_engine::connection_options)
+            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in nominated.iter().chain(RESPONSE_HOP_BY_HOP.iter()) {
             parts.headers.remove(name);
         }
         for (n, v) in up.response_headers {

@@ -344,7 +344,12 @@ async function handle(request, env, ctx, open) {
         x.end("finish");
         return answer(failed.respond);
       }
-      const after = x.call({ op: "responded", status: res.status, content_type: res.headers.get("content-type") });
+      const after = x.call({
+        op: "responded",
+        status: res.status,
+        content_type: res.headers.get("content-type"),
+        connection: res.headers.get("connection"),
+      });
       if (after.read_error !== undefined) {
         const r = await readLimited(res.body, after.read_error).catch(() => ({ bytes: new Uint8Array(0) }));
         const bytes = r.bytes ?? new Uint8Array(0);
@@ -353,7 +358,7 @@ async function handle(request, env, ctx, open) {
       }
       x.end("finish");
       const headers = new Headers(res.headers);
-      for (const h of up.drop_response_headers) headers.delete(h);
+      for (const h of after.drop_headers) headers.delete(h);
       for (const [n, v] of up.response_headers) headers.set(n, v);
       return new Response(res.body, { status: res.status, headers });
     } else {

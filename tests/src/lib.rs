@@ -199,9 +199,12 @@ impl Backend {
                         .unwrap();
                 }
                 let received: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                // A hop-by-hop header the gateway must not pass on, and an end-to-end one it must.
+                // Hop-by-hop headers the gateway must not pass on (one of HTTP/1.1's, one the `Connection` header
+                // names), and an end-to-end one it must.
                 let mut res = json_response(200, &json!({"path": path, "headers": headers, "body": received}));
                 res.headers_mut().insert("proxy-authenticate", http::HeaderValue::from_static("Basic realm=\"model\""));
+                res.headers_mut().insert("connection", http::HeaderValue::from_static("keep-alive, X-Hop-Note"));
+                res.headers_mut().insert("x-hop-note", http::HeaderValue::from_static("for the next hop only"));
                 res.headers_mut().insert("x-model-version", http::HeaderValue::from_static("7"));
                 res
             }

@@ -143,7 +143,14 @@ fn command(st: &mut State, cmd: &Value) -> Result<Value, String> {
             let status = u16::try_from(field(cmd, "status")?.as_u64().unwrap_or(502)).unwrap_or(502);
             let ct = cmd.get("content_type").and_then(Value::as_str);
             Ok(match ex.upstream_responded(status, ct) {
-                gatehouse_engine::AfterUpstream::Stream => json!({"stream": true}),
+                gatehouse_engine::AfterUpstream::Stream => {
+                    let connection = cmd.get("connection").and_then(Value::as_str).unwrap_or("");
+                    let drop: Vec<&str> = gatehouse_engine::RESPONSE_HOP_BY_HOP
+                        .into_iter()
+                        .chain(gatehouse_engine::connection_options(connection))
+                        .collect();
+                    json!({"stream": true, "drop_headers": drop})
+                }
                 gatehouse_engine::AfterUpstream::ReadError { limit } => json!({"read_error": limit}),
             })
         }
@@ -330,8 +337,7 @@ fn step_json(st: &mut State, ex: u64, step: Step) -> Value {
         }
         Step::Forward(up) => json!({"forward": {
             "url": up.url, "method": up.method, "headers": up.headers, "body_b64": b64(&up.body),
-            "timeout_ms": up.timeout_ms, "response_headers": up.response_headers,
-            "drop_response_headers": gatehouse_engine::RESPONSE_HOP_BY_HOP}, "background": background}),
+            "timeout_ms": up.timeout_ms, "response_headers": up.response_headers}, "background": background}),
         Step::Respond(answer) => json!({"respond": answer}),
         Step::Grant(g) => json!({"grant": {"headers": g.headers}, "background": background}),
     }
