@@ -217,9 +217,11 @@ const ADAPTED_PASS: [&str; 4] = ["accept", "user-agent", "traceparent", "tracest
 const GATEHOUSE_PREFIX: &str = "x-gatehouse-";
 
 /// Whether a header (any case) is one the gateway decides on its way upstream, never taken from the caller or
-/// an adapter: hop-by-hop headers, the credential and the body's length. Compared without a lowercased copy.
+/// an adapter: hop-by-hop headers (the response's, and the request-only `proxy-authorization` and `te`), the
+/// host, the credential and the body's length. Compared without a lowercased copy.
 fn set_by_the_gateway(name: &str) -> bool {
-    HOP_BY_HOP.iter().chain(&["authorization", "content-length"]).any(|h| name.eq_ignore_ascii_case(h))
+    const REQUEST: [&str; 5] = ["proxy-authorization", "te", "host", "authorization", "content-length"];
+    RESPONSE_HOP_BY_HOP.iter().chain(&REQUEST).any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Headers of the upstream's response that are not passed on to the caller: HTTP/1.1's hop-by-hop headers
@@ -239,18 +241,6 @@ pub fn connection_options(value: &str) -> impl Iterator<Item = &str> {
             && !RESPONSE_HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
     })
 }
-
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
 
 impl Engine {
     /// Starts an exchange for a request.

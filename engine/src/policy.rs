@@ -301,7 +301,7 @@ impl PolicyStore {
         context: &dyn ContextSource,
         question: impl FnOnce() -> std::borrow::Cow<'q, Question>,
     ) -> Arc<Decision> {
-        let entities = EntitiesAsk::of(ask, !self.known_models.contains(ask.resource));
+        let entities = self.entities_ask(ask);
         let Some(context) = self.context_key(context) else {
             return Arc::new(self.decision(&question(), entities.to_key()));
         };
@@ -319,7 +319,7 @@ impl PolicyStore {
 
     /// Decides without the decision cache (the reference the cache is tested against).
     pub fn authorize_uncached(&self, q: &Question) -> Decision {
-        self.decision(q, self.entities_key(&q.ask()))
+        self.decision(q, self.entities_ask(&q.ask()).to_key())
     }
 
     fn decision(&self, q: &Question, entities: EntitiesKey) -> Decision {
@@ -333,8 +333,9 @@ impl PolicyStore {
         EntityUid::from_type_name_and_id(self.types.model.clone(), EntityId::new(resource))
     }
 
-    fn entities_key(&self, ask: &Ask<'_>) -> EntitiesKey {
-        EntitiesAsk::of(ask, !self.known_models.contains(ask.resource)).to_key()
+    /// What the request's entities depend on; the model counts only when the static entities lack it.
+    fn entities_ask<'a>(&self, ask: &Ask<'a>) -> EntitiesAsk<'a> {
+        EntitiesAsk::of(ask, !self.known_models.contains(ask.resource))
     }
 
     /// The context's part of the decision-cache key: the attributes the policies read, each written as its

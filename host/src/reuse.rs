@@ -406,7 +406,7 @@ pub mod dirty {
 }
 
 /// Whether every byte of the ranges `found` lies in the ranges `known` (both sorted, each without overlaps).
-pub fn covered(found: &[std::ops::Range<usize>], known: &[std::ops::Range<usize>]) -> bool {
+pub(crate) fn covered(found: &[std::ops::Range<usize>], known: &[std::ops::Range<usize>]) -> bool {
     let mut k = known.iter().peekable();
     for r in found {
         let mut at = r.start;

@@ -194,11 +194,10 @@ struct Warm {
     alloc: TypedFunc<i32, i32>,
     hooks: Vec<(Hook, HookFunc)>,
     globals: Vec<Global>,
-    /// The private pages of its memory (those written since it was mapped) at the last scan, and whether
-    /// that list is valid: the reset copies these back without scanning again when the call took no page
-    /// fault (see [`crate::reuse::dirty::thread_faults`]).
-    written: Vec<std::ops::Range<usize>>,
-    written_known: bool,
+    /// The private pages of its memory (those written since it was mapped) at the last scan, if there was
+    /// one: the reset copies these back without scanning again when the call took no page fault (see
+    /// [`crate::reuse::dirty::thread_faults`]).
+    written: Option<Vec<std::ops::Range<usize>>>,
     /// Whether its memory is kept from huge pages (see [`crate::reuse::dirty::no_huge_pages`]).
     trackable: bool,
     /// Whether the last call ran without a page fault on its thread since the call before it ended.
@@ -460,8 +459,7 @@ impl Plugin {
             alloc,
             hooks,
             globals,
-            written: Vec::new(),
-            written_known: false,
+            written: None,
             trackable,
             quiet: false,
             faults_at: None,
@@ -476,9 +474,6 @@ fn ticks(timeout: Duration) -> u64 {
 
 impl Warm {
     fn call(&mut self, hook: Hook, config: &[u8], input: &[u8]) -> Result<Vec<u8>, String> {
-        let Some(at) = self.hooks.iter().position(|(h, _)| *h == hook) else {
-            return Err(format!("it does not export `{}`", hook.export_name()));
-        };
         // The faults counted since the end of this instance's last call, if that was on this thread: only the
         // thread that calls an instance touches its memory, so any fault that made one of its pages writable
         // since then is in the count (the others are the host's own, and only cost a scan).
@@ -487,7 +482,9 @@ impl Warm {
         let (cp, cl) = self.write_region(config)?;
         let (ip, il) = self.write_region(input)?;
         // Borrowed, not cloned (a clone takes a reference on the function's registered type).
-        let func = &self.hooks.get(at).ok_or("no such hook")?.1;
+        let Some((_, func)) = self.hooks.iter().find(|(h, _)| *h == hook) else {
+            return Err(format!("it does not export `{}`", hook.export_name()));
+        };
         let packed = func.call(&mut self.store, (cp, cl, ip, il)).map_err(describe)?;
         let out = region(self.memory.data(&self.store), packed)?;
         if self.trackable {
@@ -515,31 +512,36 @@ impl Warm {
             return false;
         }
         self.resets = self.resets.wrapping_add(1);
-        let skip = self.trackable && self.quiet && self.written_known && FAULT_TRACKING.load(Ordering::Relaxed);
-        if skip && !self.resets.is_multiple_of(VERIFY_EVERY) {
-            RESETS.with(|c| c.set((c.get().0 + 1, c.get().1)));
-        } else {
-            let mut found = Vec::with_capacity(self.written.len().max(4));
-            if !crate::reuse::dirty::for_each(data, &mut |r| found.push(r)) {
-                return false;
+        let known =
+            self.written.take().filter(|_| self.trackable && self.quiet && FAULT_TRACKING.load(Ordering::Relaxed));
+        let written = match known {
+            Some(known) if !self.resets.is_multiple_of(VERIFY_EVERY) => {
+                RESETS.with(|c| c.set((c.get().0 + 1, c.get().1)));
+                known
             }
-            if skip && !crate::reuse::covered(&found, &self.written) {
-                FAULT_TRACKING.store(false, Ordering::Relaxed);
-                crate::log(format_args!(
-                    "plugin reset: a scan found written pages that no page fault announced; every reset scans from now on"
-                ));
+            known => {
+                let mut found = Vec::with_capacity(known.as_ref().map_or(4, Vec::len));
+                if !crate::reuse::dirty::for_each(data, &mut |r| found.push(r)) {
+                    return false;
+                }
+                if known.is_some_and(|known| !crate::reuse::covered(&found, &known)) {
+                    FAULT_TRACKING.store(false, Ordering::Relaxed);
+                    crate::log(format_args!(
+                        "plugin reset: a scan found written pages that no page fault announced; every reset scans from now on"
+                    ));
+                }
+                RESETS.with(|c| c.set((c.get().0, c.get().1 + 1)));
+                found
             }
-            RESETS.with(|c| c.set((c.get().0, c.get().1 + 1)));
-            self.written = found;
-            self.written_known = true;
-        }
+        };
         let data = self.memory.data_mut(&mut self.store);
-        for r in &self.written {
+        for r in &written {
             match (data.get_mut(r.clone()), initial.memory.get(r.clone())) {
                 (Some(to), Some(from)) => to.copy_from_slice(from),
                 _ => return false,
             }
         }
+        self.written = Some(written);
         for (g, (_, v)) in self.globals.iter().zip(&initial.globals) {
             if g.set(&mut self.store, *v).is_err() {
                 return false;
