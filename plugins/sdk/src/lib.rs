@@ -39,8 +39,14 @@ pub use gatehouse_plugin_abi::{
     TransformOutput,
 };
 pub use serde_json;
+pub use serde_json::value::RawValue;
 
 use serde::de::DeserializeOwned;
+
+/// The `transform_request` input with the body as the caller's JSON text (see [`Plugin::TRANSFORMS_TEXT`]).
+pub type TextTransformInput = TransformInput<Box<RawValue>>;
+/// The `transform_request` output with the body as JSON text (see [`Plugin::TRANSFORMS_TEXT`]).
+pub type TextTransformOutput = TransformOutput<Box<RawValue>>;
 
 /// A Gatehouse plugin: a pure function of its configuration and its input. Every hook has a default that
 /// answers `unsupported`; implement the ones the manifest lists.
@@ -58,6 +64,21 @@ pub trait Plugin {
 
     /// The `transform_request` hook.
     fn transform_request(_config: &Self::Config, _input: TransformInput) -> Result<TransformOutput, PluginError> {
+        Err(unsupported(Hook::TransformRequest))
+    }
+
+    /// Whether the exported `transform_request` calls [`Plugin::transform_request_text`] (the body as the
+    /// caller's JSON text, checked but not parsed) instead of [`Plugin::transform_request`] (the body parsed
+    /// into a tree). A plugin that edits a few spans of the text saves the parse and the re-encoding, and what
+    /// it leaves alone reaches the backend byte for byte (numbers, key order, duplicate keys).
+    const TRANSFORMS_TEXT: bool = false;
+
+    /// The `transform_request` hook on the body's JSON text; called instead of
+    /// [`Plugin::transform_request`] when [`Plugin::TRANSFORMS_TEXT`] is set.
+    fn transform_request_text(
+        _config: &Self::Config,
+        _input: TextTransformInput,
+    ) -> Result<TextTransformOutput, PluginError> {
         Err(unsupported(Hook::TransformRequest))
     }
 
@@ -91,6 +112,9 @@ pub fn run_corpus<P: Plugin>(dir: &str) -> Result<Vec<String>, String> {
         let (cfg, input) = (part("config"), part("input"));
         let got = match case.get("hook").and_then(Value::as_str) {
             Some("authenticate") => serde_json::to_value(rt::call(&cfg, &input, P::authenticate)),
+            Some("transform_request") if P::TRANSFORMS_TEXT => {
+                serde_json::to_value(rt::call(&cfg, &input, P::transform_request_text))
+            }
             Some("transform_request") => serde_json::to_value(rt::call(&cfg, &input, P::transform_request)),
             Some("adapt_request") => serde_json::to_value(rt::call(&cfg, &input, P::adapt_request)),
             Some("adapt_error") => serde_json::to_value(rt::call(&cfg, &input, P::adapt_error)),
@@ -151,7 +175,11 @@ macro_rules! export_plugin {
             /// The host passes regions it obtained from `gatehouse_alloc` and filled.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn gatehouse_hook_transform_request(c: i32, cl: i32, i: i32, il: i32) -> i64 {
-                unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request) }
+                if <$plugin as $crate::Plugin>::TRANSFORMS_TEXT {
+                    unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request_text) }
+                } else {
+                    unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request) }
+                }
             }
 
             /// # Safety

@@ -3,11 +3,22 @@
 //! Configuration (every part optional; paths are RFC 6901 JSON pointers), applied in this order:
 //! `require` (400 when a path is missing), `max_items` (413 when an array is longer), `redact` (remove),
 //! `set` (insert or overwrite).
+//!
+//! The plugin works on the payload's JSON text ([`text`]): it finds the spans the paths name and splices the
+//! text, so whatever the configuration does not touch reaches the backend as the caller sent it. Where the
+//! text is ambiguous for a tree (a key twice in an object on a path) it parses the payload and applies the
+//! same steps to the tree ([`Transform::transform_request`]), the reference both paths are tested against.
 #![deny(missing_docs)]
 
-use gatehouse_plugin_sdk::{Hook, Manifest, Plugin, PluginError, TransformInput, TransformOutput, serde_json::Value};
+use gatehouse_plugin_sdk::{
+    Hook, Manifest, Plugin, PluginError, RawValue, TextTransformInput, TextTransformOutput, TransformInput,
+    TransformOutput, serde_json, serde_json::Value,
+};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+pub mod text;
 
 /// The plugin.
 pub struct Transform;
@@ -50,6 +61,32 @@ impl Plugin for Transform {
         )
     }
 
+    const TRANSFORMS_TEXT: bool = true;
+
+    fn transform_request_text(cfg: &Config, input: TextTransformInput) -> Result<TextTransformOutput, PluginError> {
+        match text::transform(cfg, input.body.get()) {
+            Ok(Ok(None)) => return Ok(TransformOutput::Body(input.body)),
+            Ok(Ok(Some(edited))) => {
+                // Checked again: a splice that broke the text would go to the tree path rather than upstream.
+                if let Ok(body) = RawValue::from_string(edited) {
+                    return Ok(TransformOutput::Body(body));
+                }
+            }
+            Ok(Err(text::Outcome::Reject(reason, too_large))) => return Ok(reject(reason, too_large)),
+            Ok(Err(text::Outcome::Error(e))) => return Err(e),
+            Err(text::Tree) => {}
+        }
+        let body: Value =
+            serde_json::from_str(input.body.get()).map_err(|e| PluginError::new("bad_input", e.to_string()))?;
+        match Self::transform_request(cfg, TransformInput { route: input.route, model: input.model, body })? {
+            TransformOutput::Body(v) => serde_json::value::to_raw_value(&v)
+                .map(TransformOutput::Body)
+                .map_err(|e| PluginError::new("internal", e.to_string())),
+            TransformOutput::Reject { reason, too_large } => Ok(reject(reason, too_large)),
+        }
+    }
+
+    /// The reference: the same steps on the parsed payload.
     fn transform_request(cfg: &Config, input: TransformInput) -> Result<TransformOutput, PluginError> {
         let mut body = input.body;
         if let Some(missing) = cfg.require.iter().find(|p| body.pointer(p).is_none()) {
@@ -74,20 +111,25 @@ impl Plugin for Transform {
 
 gatehouse_plugin_sdk::export_plugin!(Transform);
 
-fn reject(reason: String, too_large: bool) -> TransformOutput {
+fn reject<B>(reason: String, too_large: bool) -> TransformOutput<B> {
     TransformOutput::Reject { reason, too_large }
 }
 
-fn split(path: &str) -> Option<(&str, String)> {
+fn split(path: &str) -> Option<(&str, Cow<'_, str>)> {
     let (parent, last) = path.rsplit_once('/')?;
-    Some((parent, last.replace("~1", "/").replace("~0", "~")))
+    Some((parent, unescape(last)))
+}
+
+/// A JSON pointer token's text (RFC 6901: `~1` is `/`, then `~0` is `~`).
+fn unescape(token: &str) -> Cow<'_, str> {
+    if token.contains('~') { Cow::Owned(token.replace("~1", "/").replace("~0", "~")) } else { Cow::Borrowed(token) }
 }
 
 fn remove(body: &mut Value, path: &str) {
     let Some((parent, key)) = split(path) else { return };
     match body.pointer_mut(parent) {
         Some(Value::Object(map)) => {
-            map.remove(&key);
+            map.remove(key.as_ref());
         }
         Some(Value::Array(items)) => {
             if let Ok(i) = key.parse::<usize>()
@@ -105,7 +147,7 @@ fn set(body: &mut Value, path: &str, value: Value) -> Result<(), PluginError> {
     let (parent, key) = split(path).ok_or_else(bad)?;
     match body.pointer_mut(parent) {
         Some(Value::Object(map)) => {
-            map.insert(key, value);
+            map.insert(key.into_owned(), value);
             Ok(())
         }
         _ => Err(bad()),
