@@ -190,8 +190,11 @@ pub struct Exchange {
     route: Option<Arc<RouteRuntime>>,
     params: Params,
     token: String,
-    issuer: usize,
+    /// The trusted issuer the token names (its index), once known.
+    issuer: Option<usize>,
     identity: Option<Arc<Identity>>,
+    /// Cedar's decision, once made (the audit record takes its policy ids when it is taken).
+    decision: Option<Arc<Decision>>,
     /// The token's cache key, while it is being verified (the cache is on).
     token_key: Option<[u8; 32]>,
     /// What the token cache holds for the token, found before its key set is fetched.
@@ -270,8 +273,9 @@ impl Engine {
             route: None,
             params: Params::new(),
             token: String::new(),
-            issuer: 0,
+            issuer: None,
             identity: None,
+            decision: None,
             token_key: None,
             verified: None,
             keys_version: 0,
@@ -309,7 +313,6 @@ impl Exchange {
     fn begin(&mut self) -> Result<Step, Rejection> {
         let (route, params) = self.engine.route_for(&self.head.method, &self.head.path)?;
         self.model = route.model.render(&params);
-        self.audit.route = Some(route.spec.name.clone());
         self.route = Some(route);
         self.params = params;
 
@@ -326,19 +329,20 @@ impl Exchange {
             self.verified = self.engine.tokens.get(&key, self.audit.time);
             self.token_key = Some(key);
         }
+        // The audit record names a trusted issuer when it is taken; an untrusted one is kept as claimed.
         let issuer = match self.verified.as_ref().map(|v| v.issuer) {
-            Some(issuer) => {
-                self.audit.issuer = self.engine.issuers.get(issuer).map(|i| i.spec.issuer.clone());
-                issuer
-            }
+            Some(issuer) => issuer,
             None => {
                 let iss = claimed_issuer(&self.token);
-                self.audit.issuer = iss.clone();
-                iss.and_then(|iss| self.engine.issuers.iter().position(|i| i.spec.issuer == iss))
-                    .ok_or_else(|| invalid_token("the token's issuer is not trusted"))?
+                let trusted =
+                    iss.as_ref().and_then(|iss| self.engine.issuers.iter().position(|i| i.spec.issuer == *iss));
+                if trusted.is_none() {
+                    self.audit.issuer = iss;
+                }
+                trusted.ok_or_else(|| invalid_token("the token's issuer is not trusted"))?
             }
         };
-        self.issuer = issuer;
+        self.issuer = Some(issuer);
         if let Some(digest) = digest.filter(|_| cache_decision) {
             let key = format!("{}\n{}\n{}", hex(&digest), self.head.method, self.head.path);
             let cached = self.engine.decisions.get(&key, self.audit.time);
@@ -419,7 +423,11 @@ impl Exchange {
                 let plugin = self.engine.authn_plugin.clone();
                 match decode::<AuthnVerdict>(&plugin, out)? {
                     AuthnVerdict::Refusal(r) if r.unknown_key && !refreshed => {
-                        let step = Step::FetchKeys { issuer: self.issuer, refresh: true, seen: self.keys_version };
+                        let step = Step::FetchKeys {
+                            issuer: self.issuer.unwrap_or_default(),
+                            refresh: true,
+                            seen: self.keys_version,
+                        };
                         Ok(self.enter(Phase::Keys { refresh: true }, step))
                     }
                     AuthnVerdict::Refusal(r) => Err(Rejection::InvalidToken(r)),
@@ -428,7 +436,7 @@ impl Exchange {
                         if let Some(key) = self.token_key.take() {
                             let (now, capacity) = (self.audit.time, self.engine.config.server.token_cache_entries);
                             let verified = token_cache::Verified {
-                                issuer: self.issuer,
+                                issuer: self.issuer.unwrap_or_default(),
                                 keys_version: self.keys_version,
                                 identity: Arc::clone(&id),
                             };
@@ -549,10 +557,6 @@ impl Exchange {
         if !self.route.as_ref().and_then(|r| r.credential.as_ref()).is_some_and(|p| p.spec.per_caller()) {
             self.token.clear();
         }
-        self.audit.subject = Some(id.subject.clone());
-        self.audit.issuer = Some(id.issuer.clone());
-        self.audit.kid.clone_from(&id.kid);
-        self.audit.jti_sha256 = id.jti.as_deref().map(|j| sha256_hex(j.as_bytes()));
         self.identity = Some(id);
         let limit = self.engine.config.server.body_limit_bytes;
         let declared = self.head.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
@@ -714,8 +718,7 @@ impl Exchange {
         let spent = self.engine.clock().micros().saturating_sub(self.phase_started);
         self.audit.latency_us.policy += spent;
         self.phase_started += spent;
-        self.audit.policy_ids.clone_from(&decision.policy_ids);
-        self.audit.policy_errors.clone_from(&decision.errors);
+        self.decision = Some(Arc::clone(&decision));
         if self.forward_auth {
             return self.decide_only(Arc::unwrap_or_clone(decision));
         }
@@ -896,18 +899,32 @@ impl Exchange {
     }
 
     /// The audit record, for a host that keeps the exchange itself (see [`Exchange::caller_gone`]); the
-    /// exchange must not be used afterwards.
+    /// exchange must not be used afterwards. What the exchange holds anyway (the request's head, the route,
+    /// the identity, Cedar's decision) goes into the record here rather than being copied as the request
+    /// goes, so a host that writes no record (audit off) never builds one.
     pub fn take_record(&mut self) -> AuditRecord {
         self.account();
         self.audit.latency_us.total = self.engine.clock().micros().saturating_sub(self.started);
+        let mut record = std::mem::take(&mut self.audit);
         let head = &mut self.head;
-        AuditRecord {
-            request_id: std::mem::take(&mut head.request_id),
-            method: std::mem::take(&mut head.method),
-            path: std::mem::take(&mut head.path),
-            client_ip: std::mem::take(&mut head.client_ip),
-            ..std::mem::take(&mut self.audit)
+        record.request_id = std::mem::take(&mut head.request_id);
+        record.method = std::mem::take(&mut head.method);
+        record.path = std::mem::take(&mut head.path);
+        record.client_ip = std::mem::take(&mut head.client_ip);
+        record.route = self.route.as_ref().map(|r| r.spec.name.clone());
+        if let Some(id) = &self.identity {
+            record.subject = Some(id.subject.clone());
+            record.issuer = Some(id.issuer.clone());
+            record.kid.clone_from(&id.kid);
+            record.jti_sha256 = id.jti.as_deref().map(|j| sha256_hex(j.as_bytes()));
+        } else if let Some(trusted) = self.issuer.and_then(|i| self.engine.issuers.get(i)) {
+            record.issuer = Some(trusted.spec.issuer.clone());
         }
+        if let Some(d) = &self.decision {
+            record.policy_ids.clone_from(&d.policy_ids);
+            record.policy_errors.clone_from(&d.errors);
+        }
+        record
     }
 
     /// The caller closed the connection before its answer was sent (the host dropped the request): the

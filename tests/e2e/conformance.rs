@@ -363,6 +363,8 @@ impl Host {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_case_passes_on_both_hosts() {
     let root = repo("tests/conformance");
+    let fakes = Arc::new(Fakes::start().await);
+    // A case may name the trusted issuer as `{idp}` (its address is the fake's).
     let mut cases: Vec<(String, Value)> = std::fs::read_dir(format!("{root}/cases"))
         .unwrap()
         .flatten()
@@ -371,7 +373,8 @@ async fn every_case_passes_on_both_hosts() {
         .map(|p| {
             (
                 p.file_stem().unwrap().to_string_lossy().into_owned(),
-                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap(),
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap().replace("{idp}", &fakes.idp.issuer()))
+                    .unwrap(),
             )
         })
         .collect();
@@ -382,7 +385,6 @@ async fn every_case_passes_on_both_hosts() {
         by_config.entry(case["config"].as_str().unwrap().to_owned()).or_default().push((name, case));
     }
 
-    let fakes = Arc::new(Fakes::start().await);
     let mut failures = vec![];
     let mut ran = 0;
     for (config, cases) in by_config {
