@@ -204,6 +204,8 @@ pub struct Exchange {
     body: Vec<u8>,
     started: u64,
     phase_started: u64,
+    /// Whether phases are timed (the record is written).
+    timed: bool,
     audit: AuditRecord,
     forward_auth: bool,
     cache_key: Option<String>,
@@ -249,7 +251,9 @@ impl Engine {
     /// Starts an exchange for a request.
     pub fn start(self: &Arc<Self>, mut head: RequestHead) -> (Exchange, Step) {
         let clock = self.clock();
-        let now = clock.micros();
+        // Latencies only go into the audit record: with audit off, phases are not timed (no clock reads).
+        let timed = self.config.server.audit != "off";
+        let now = if timed { clock.micros() } else { 0 };
         let original =
             self.config.forward_auth.original(&head.method, &head.path, |n| head.header(n).map(str::to_owned));
         let forward_auth = original.is_some() || head.decide_only;
@@ -283,6 +287,7 @@ impl Engine {
             body: Vec::new(),
             started: now,
             phase_started: now,
+            timed,
             audit,
             forward_auth,
             cache_key: None,
@@ -377,6 +382,9 @@ impl Exchange {
 
     /// Adds the time since the phase began to its latency bucket.
     fn account(&mut self) {
+        if !self.timed {
+            return;
+        }
         let now = self.engine.clock().micros();
         let spent = now.saturating_sub(self.phase_started);
         self.phase_started = now;
@@ -404,7 +412,6 @@ impl Exchange {
             (Phase::Keys { refresh }, Input::Keys(keys)) => {
                 let Some(keys) = keys else { return Err(Rejection::KeysUnavailable) };
                 self.keys_version = keys.version;
-                let now = self.engine.clock().unix_secs();
                 if let Some(v) = self.verified.take()
                     && v.keys_version == keys.version
                 {
@@ -412,6 +419,7 @@ impl Exchange {
                     self.token_key = None;
                     return self.authenticated(v.identity);
                 }
+                let now = self.engine.clock().unix_secs();
                 let input =
                     AuthnInput { token: std::mem::take(&mut self.token), now, jwks: Some((*keys.jwks).clone()) };
                 let bytes = serde_json::to_vec(&input).map_err(|e| internal("authn input", e))?;
@@ -715,9 +723,11 @@ impl Exchange {
     fn decide(&mut self) -> Result<Step, Rejection> {
         self.account();
         let decision = self.authorize();
-        let spent = self.engine.clock().micros().saturating_sub(self.phase_started);
-        self.audit.latency_us.policy += spent;
-        self.phase_started += spent;
+        if self.timed {
+            let spent = self.engine.clock().micros().saturating_sub(self.phase_started);
+            self.audit.latency_us.policy += spent;
+            self.phase_started += spent;
+        }
         self.decision = Some(Arc::clone(&decision));
         if self.forward_auth {
             return self.decide_only(Arc::unwrap_or_clone(decision));
@@ -904,7 +914,9 @@ impl Exchange {
     /// goes, so a host that writes no record (audit off) never builds one.
     pub fn take_record(&mut self) -> AuditRecord {
         self.account();
-        self.audit.latency_us.total = self.engine.clock().micros().saturating_sub(self.started);
+        if self.timed {
+            self.audit.latency_us.total = self.engine.clock().micros().saturating_sub(self.started);
+        }
         let mut record = std::mem::take(&mut self.audit);
         let head = &mut self.head;
         record.request_id = std::mem::take(&mut head.request_id);
