@@ -46,7 +46,18 @@ use serde::de::DeserializeOwned;
 /// The `transform_request` input with the body as the caller's JSON text (see [`Plugin::TRANSFORMS_TEXT`]).
 pub type TextTransformInput = TransformInput<Box<RawValue>>;
 /// The `transform_request` output with the body as JSON text (see [`Plugin::TRANSFORMS_TEXT`]).
-pub type TextTransformOutput = TransformOutput<Box<RawValue>>;
+pub type TextTransformOutput = TransformOutput<JsonText>;
+
+/// A body as JSON text, published as it is: the plugin vouches that it is one JSON value (the host checks it,
+/// and refuses the output otherwise), so the SDK does not parse it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(pub Box<str>);
+
+impl From<Box<RawValue>> for JsonText {
+    fn from(raw: Box<RawValue>) -> JsonText {
+        JsonText(raw.into())
+    }
+}
 
 /// A Gatehouse plugin: a pure function of its configuration and its input. Every hook has a default that
 /// answers `unsupported`; implement the ones the manifest lists.
@@ -113,7 +124,8 @@ pub fn run_corpus<P: Plugin>(dir: &str) -> Result<Vec<String>, String> {
         let got = match case.get("hook").and_then(Value::as_str) {
             Some("authenticate") => serde_json::to_value(rt::call(&cfg, &input, P::authenticate)),
             Some("transform_request") if P::TRANSFORMS_TEXT => {
-                serde_json::to_value(rt::call(&cfg, &input, P::transform_request_text))
+                let envelope = rt::text_envelope(rt::call(&cfg, &input, P::transform_request_text));
+                serde_json::from_slice(&envelope)
             }
             Some("transform_request") => serde_json::to_value(rt::call(&cfg, &input, P::transform_request)),
             Some("adapt_request") => serde_json::to_value(rt::call(&cfg, &input, P::adapt_request)),
@@ -176,7 +188,7 @@ macro_rules! export_plugin {
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn gatehouse_hook_transform_request(c: i32, cl: i32, i: i32, il: i32) -> i64 {
                 if <$plugin as $crate::Plugin>::TRANSFORMS_TEXT {
-                    unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request_text) }
+                    unsafe { $crate::rt::run_text(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request_text) }
                 } else {
                     unsafe { $crate::rt::run(c, cl, i, il, <$plugin as $crate::Plugin>::transform_request) }
                 }
@@ -267,6 +279,41 @@ pub mod rt {
         // SAFETY: forwarded from the caller.
         let (cfg, input) = unsafe { (take(cfg_ptr, cfg_len), take(in_ptr, in_len)) };
         publish_json(&call(&cfg, &input, f))
+    }
+
+    /// [`run`] for [`Plugin::transform_request_text`]: the body's text goes into the envelope as it is.
+    ///
+    /// # Safety
+    /// Both regions must come from [`alloc`].
+    pub unsafe fn run_text<C: DeserializeOwned>(
+        cfg_ptr: i32,
+        cfg_len: i32,
+        in_ptr: i32,
+        in_len: i32,
+        f: fn(&C, TextTransformInput) -> Result<TextTransformOutput, PluginError>,
+    ) -> i64 {
+        // SAFETY: forwarded from the caller.
+        let (cfg, input) = unsafe { (take(cfg_ptr, cfg_len), take(in_ptr, in_len)) };
+        publish(text_envelope(call(&cfg, &input, f)).into_boxed_slice())
+    }
+
+    /// The envelope of a text transform's result: `{"ok":{"body":<the text>}}` written around the text, the
+    /// rest serialized.
+    pub fn text_envelope(result: HookResult<TextTransformOutput>) -> Vec<u8> {
+        let out = match result {
+            HookResult::Ok(TransformOutput::Body(JsonText(text))) => {
+                let mut out = Vec::with_capacity(text.len() + 20);
+                out.extend_from_slice(br#"{"ok":{"body":"#);
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(b"}}");
+                return out;
+            }
+            HookResult::Ok(TransformOutput::Reject { reason, too_large }) => {
+                serde_json::to_vec(&HookResult::Ok(TransformOutput::<()>::Reject { reason, too_large }))
+            }
+            HookResult::Error(e) => serde_json::to_vec(&HookResult::<()>::Error(e)),
+        };
+        out.unwrap_or_default()
     }
 
     /// Decodes and calls; shared by the wasm exports and native tests.

@@ -11,7 +11,7 @@
 #![deny(missing_docs)]
 
 use gatehouse_plugin_sdk::{
-    Hook, Manifest, Plugin, PluginError, RawValue, TextTransformInput, TextTransformOutput, TransformInput,
+    Hook, JsonText, Manifest, Plugin, PluginError, TextTransformInput, TextTransformOutput, TransformInput,
     TransformOutput, serde_json, serde_json::Value,
 };
 use serde::Deserialize;
@@ -65,13 +65,10 @@ impl Plugin for Transform {
 
     fn transform_request_text(cfg: &Config, input: TextTransformInput) -> Result<TextTransformOutput, PluginError> {
         match text::transform(cfg, input.body.get()) {
-            Ok(Ok(None)) => return Ok(TransformOutput::Body(input.body)),
-            Ok(Ok(Some(edited))) => {
-                // Checked again: a splice that broke the text would go to the tree path rather than upstream.
-                if let Ok(body) = RawValue::from_string(edited) {
-                    return Ok(TransformOutput::Body(body));
-                }
-            }
+            Ok(Ok(None)) => return Ok(TransformOutput::Body(input.body.into())),
+            // Not parsed again: splices keep the text one JSON value (the differential test checks every case),
+            // and the host refuses output that is not.
+            Ok(Ok(Some(edited))) => return Ok(TransformOutput::Body(JsonText(edited.into()))),
             Ok(Err(text::Outcome::Reject(reason, too_large))) => return Ok(reject(reason, too_large)),
             Ok(Err(text::Outcome::Error(e))) => return Err(e),
             Err(text::Tree) => {}
@@ -79,8 +76,8 @@ impl Plugin for Transform {
         let body: Value =
             serde_json::from_str(input.body.get()).map_err(|e| PluginError::new("bad_input", e.to_string()))?;
         match Self::transform_request(cfg, TransformInput { route: input.route, model: input.model, body })? {
-            TransformOutput::Body(v) => serde_json::value::to_raw_value(&v)
-                .map(TransformOutput::Body)
+            TransformOutput::Body(v) => serde_json::to_string(&v)
+                .map(|text| TransformOutput::Body(JsonText(text.into())))
                 .map_err(|e| PluginError::new("internal", e.to_string())),
             TransformOutput::Reject { reason, too_large } => Ok(reject(reason, too_large)),
         }
@@ -184,6 +181,15 @@ mod tests {
             TransformOutput::Reject { too_large: true, .. }
         ));
         assert!(matches!(run(cfg, json!({"x": 1})), TransformOutput::Reject { too_large: false, .. }));
+    }
+
+    /// Every corpus case, run natively (through the text path and its envelope): the e2e suite runs the same
+    /// files through the wasm module.
+    #[test]
+    fn corpus_holds_natively() {
+        let failures =
+            gatehouse_plugin_sdk::run_corpus::<Transform>(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus"));
+        assert_eq!(failures, Ok(Vec::<String>::new()));
     }
 
     #[test]
