@@ -22,7 +22,7 @@ const MAX_DEPTH: usize = 100;
 /// body goes on unchanged, `Ok(Ok(Some(text)))` for an edited body, `Ok(Err(..))` for a rejection or a
 /// configuration error, exactly as the tree path would decide.
 pub fn transform(cfg: &Config, body: &str) -> Result<Result<Option<String>, Outcome>, Tree> {
-    if depth(body.as_bytes()) > MAX_DEPTH {
+    if depth(body.as_bytes())? > MAX_DEPTH {
         return Err(Tree);
     }
     let s = body.as_bytes();
@@ -74,11 +74,17 @@ pub enum Outcome {
     Error(PluginError),
 }
 
-/// The deepest nesting of arrays and objects in `s`.
-fn depth(s: &[u8]) -> usize {
+/// The deepest nesting of arrays and objects in the text (one JSON value).
+fn depth(s: &[u8]) -> Result<usize, Tree> {
+    let start = ws(s, 0);
+    if matches!(byte(s, start), b'{' | b'[') { container_end(s, start).map(|(_, depth)| depth) } else { Ok(0) }
+}
+
+/// `s[i]` opens an array or an object: the index after it, and its deepest nesting.
+fn container_end(s: &[u8], i: usize) -> Result<(usize, usize), Tree> {
     let (mut d, mut max) = (0usize, 0usize);
     let (mut in_string, mut escaped) = (false, false);
-    for &b in s {
+    for (k, &b) in s.iter().enumerate().skip(i) {
         if in_string {
             if escaped {
                 escaped = false;
@@ -95,11 +101,16 @@ fn depth(s: &[u8]) -> usize {
                 d += 1;
                 max = max.max(d);
             }
-            b'}' | b']' => d = d.saturating_sub(1),
+            b'}' | b']' => {
+                d = d.saturating_sub(1);
+                if d == 0 {
+                    return Ok((k + 1, max));
+                }
+            }
             _ => {}
         }
     }
-    max
+    Err(Tree)
 }
 
 /// The byte at `i`, or 0 past the end.
@@ -131,33 +142,7 @@ fn string_end(s: &[u8], i: usize) -> Result<usize, Tree> {
 fn value_end(s: &[u8], i: usize) -> Result<usize, Tree> {
     match s.get(i) {
         Some(b'"') => string_end(s, i),
-        Some(b'{' | b'[') => {
-            let (mut d, mut in_string, mut escaped) = (0usize, false, false);
-            for (k, &b) in s.iter().enumerate().skip(i) {
-                if in_string {
-                    if escaped {
-                        escaped = false;
-                    } else if b == b'\\' {
-                        escaped = true;
-                    } else if b == b'"' {
-                        in_string = false;
-                    }
-                    continue;
-                }
-                match b {
-                    b'"' => in_string = true,
-                    b'{' | b'[' => d += 1,
-                    b'}' | b']' => {
-                        d -= 1;
-                        if d == 0 {
-                            return Ok(k + 1);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Err(Tree)
-        }
+        Some(b'{' | b'[') => container_end(s, i).map(|(end, _)| end),
         Some(_) => {
             let mut j = i;
             while !matches!(s.get(j), None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
