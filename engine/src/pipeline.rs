@@ -204,8 +204,8 @@ pub struct Exchange {
     body: Vec<u8>,
     started: u64,
     phase_started: u64,
-    /// Whether phases are timed (the record is written).
-    timed: bool,
+    /// Whether the configuration keeps audit records (`server.audit` is not `off`); phases are timed only then.
+    recorded: bool,
     audit: AuditRecord,
     forward_auth: bool,
     cache_key: Option<String>,
@@ -252,8 +252,8 @@ impl Engine {
     pub fn start(self: &Arc<Self>, mut head: RequestHead) -> (Exchange, Step) {
         let clock = self.clock();
         // Latencies only go into the audit record: with audit off, phases are not timed (no clock reads).
-        let timed = self.config.server.audit != "off";
-        let now = if timed { clock.micros() } else { 0 };
+        let recorded = self.config.server.audit != "off";
+        let now = if recorded { clock.micros() } else { 0 };
         let original =
             self.config.forward_auth.original(&head.method, &head.path, |n| head.header(n).map(str::to_owned));
         let forward_auth = original.is_some() || head.decide_only;
@@ -287,7 +287,7 @@ impl Engine {
             body: Vec::new(),
             started: now,
             phase_started: now,
-            timed,
+            recorded,
             audit,
             forward_auth,
             cache_key: None,
@@ -382,7 +382,7 @@ impl Exchange {
 
     /// Adds the time since the phase began to its latency bucket.
     fn account(&mut self) {
-        if !self.timed {
+        if !self.recorded {
             return;
         }
         let now = self.engine.clock().micros();
@@ -723,7 +723,7 @@ impl Exchange {
     fn decide(&mut self) -> Result<Step, Rejection> {
         self.account();
         let decision = self.authorize();
-        if self.timed {
+        if self.recorded {
             let spent = self.engine.clock().micros().saturating_sub(self.phase_started);
             self.audit.latency_us.policy += spent;
             self.phase_started += spent;
@@ -903,6 +903,12 @@ impl Exchange {
         answer
     }
 
+    /// Whether the configuration keeps audit records (`server.audit` is not `off`). When it does not, a host
+    /// need not take the record at all (and the exchange did not time its phases).
+    pub fn keeps_record(&self) -> bool {
+        self.recorded
+    }
+
     /// Ends the exchange and returns its audit record.
     pub fn finish(mut self) -> AuditRecord {
         self.take_record()
@@ -914,7 +920,7 @@ impl Exchange {
     /// goes, so a host that writes no record (audit off) never builds one.
     pub fn take_record(&mut self) -> AuditRecord {
         self.account();
-        if self.timed {
+        if self.recorded {
             self.audit.latency_us.total = self.engine.clock().micros().saturating_sub(self.started);
         }
         let mut record = std::mem::take(&mut self.audit);

@@ -26,11 +26,6 @@ impl AuditSink {
         })
     }
 
-    /// Whether records are discarded (then none need be built).
-    pub fn is_off(&self) -> bool {
-        matches!(self, AuditSink::Off)
-    }
-
     /// Writes one record as one line.
     pub fn write(&self, record: &AuditRecord) {
         if let AuditSink::Off = self {

@@ -315,9 +315,9 @@ impl<'a> Audited<'a> {
         Audited { ex, audit, written: false }
     }
 
-    /// Ends the exchange: writes its record (built only for a sink that keeps it).
+    /// Ends the exchange: writes its record (built only when the configuration keeps records).
     fn finish(&mut self) {
-        if !std::mem::replace(&mut self.written, true) && !self.audit.is_off() {
+        if !std::mem::replace(&mut self.written, true) && self.ex.keeps_record() {
             self.audit.write(&self.ex.take_record());
         }
     }

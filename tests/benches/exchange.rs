@@ -85,7 +85,8 @@ transform = ["limits"]
             step = ex.resume(input);
         }
         ex.upstream_responded(200, Some("application/json"));
-        // Audit is off: the host takes no record (`AuditSink::is_off`).
+        // Audit is off: the host takes no record (`Exchange::keeps_record`).
+        assert!(!ex.keeps_record());
     };
     // Every token verified once (the JWT plugin in wasm), then the steady state.
     for _ in 0..tokens.len() {

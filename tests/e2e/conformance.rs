@@ -3,10 +3,10 @@
 //!
 //! A case (`cases/*.json`) names a configuration template (`configs/<name>.toml`), describes the request (the
 //! runner mints its token from a spec) and the expected answer: status, headers (`"*"` = present, `null` =
-//! absent), a JSON subset of the body or a substring, the audit record's fields (a subset) and, for streams,
-//! the first chunk that must arrive before the backend releases the rest. A case may also make its caller send
-//! less body than it declares (`declared_length`) or hang up before any answer (`hang_up_after_ms`); only the
-//! status and the audit record are checked then (see `partial`).
+//! absent), a JSON subset of the body or a substring, the audit record's fields (a subset; `null` = no record
+//! is written) and, for streams, the first chunk that must arrive before the backend releases the rest. A case
+//! may also make its caller send less body than it declares (`declared_length`) or hang up before any answer
+//! (`hang_up_after_ms`); only the status and the audit record are checked then (see `partial`).
 
 use gatehouse_tests::cloud::*;
 use gatehouse_tests::workerd::Workerd;
@@ -250,6 +250,9 @@ fn check(case: &Value, got: &Outcome, audit: Option<&Value>) -> Vec<String> {
     }
     if let Some(want) = e.get("audit") {
         match audit {
+            // `"audit": null`: the configuration keeps no records.
+            None if want.is_null() => {}
+            Some(a) if want.is_null() => errors.push(format!("audit {a}, expected none")),
             Some(a) if subset(want, a) => {}
             Some(a) => errors.push(format!("audit {a} does not contain {want}")),
             None => errors.push("no audit record".into()),

@@ -7,8 +7,9 @@
 //!
 //! Commands (`{"op": ..., "now_ms": ...}`; every answer is `{"ok": ...}` or `{"error": "..."}`):
 //! - `load {config_file, files: {path: text}, dirs: {path: [names]}}` → `{plugins: [...], issuers: n}`
-//! - `start {head}` → `{ex, step}`; `resume {ex, input}` → `{step}`; `responded {ex, status, content_type}`
-//!   → `{stream}` or `{read_error: limit}`; `finish {ex}` → the audit record
+//! - `start {head}` → `{ex, step}`; `resume {ex, input}` → `{step}`;
+//!   `responded {ex, status, content_type, connection}` → `{stream, drop_headers}` or `{read_error: limit}`;
+//!   `finish {ex}` → the audit record (null when none is kept)
 //! - `keys {issuer, refresh}` → `{ready}` or `{get: url}`; `keys_got {issuer, status, cache_control, body}` or
 //!   `{issuer, error}` → the same
 //! - `flow {flow}` → a need; `flow_fed {flow, fed}` → the next need (`read`, `http` or `done`); `flow_drop
@@ -160,14 +161,18 @@ fn command(st: &mut State, cmd: &Value) -> Result<Value, String> {
             let answer = ex.upstream_failed(timed_out, text(cmd, "reason").unwrap_or("the upstream failed"));
             Ok(json!({"respond": answer}))
         }
-        // Every exchange ends with one of these three, which return its audit record: `finish` once the
-        // answer is on its way, `caller_gone` when the caller hung up first, `host_failed` when the shim threw.
+        // Every exchange ends with one of these three, which return its audit record (null when the
+        // configuration keeps none): `finish` once the answer is on its way, `caller_gone` when the caller hung
+        // up first, `host_failed` when the shim threw.
         "finish" | "caller_gone" | "host_failed" => {
             let mut ex = st.exchanges.remove(&id(cmd, "ex")?).ok_or("no such exchange")?;
             match text(cmd, "op")? {
                 "caller_gone" => ex.caller_gone(),
                 "host_failed" => ex.host_failed(),
                 _ => {}
+            }
+            if !ex.keeps_record() {
+                return Ok(Value::Null);
             }
             serde_json::to_value(ex.finish()).map_err(|e| e.to_string())
         }
@@ -252,10 +257,9 @@ fn load(st: &mut State, cmd: &Value) -> Result<Value, String> {
         .map(|i| Issuer { keys: IssuerKeys::default(), jwks_uri: i.spec.jwks_uri.clone(), fetch: None })
         .collect();
     let count = issuers.len();
-    let audit = engine.config.server.audit.clone();
     let client_timeout_secs = engine.config.server.client_timeout_secs;
     *st = State { engine: Some(Arc::new(engine)), issuers, ..State::default() };
-    Ok(json!({"plugins": plugins, "issuers": count, "audit": audit, "client_timeout_secs": client_timeout_secs}))
+    Ok(json!({"plugins": plugins, "issuers": count, "client_timeout_secs": client_timeout_secs}))
 }
 
 fn key_step(slot: &mut Issuer, step: KeyStep, max_age_cap: u64) -> Result<Value, String> {
