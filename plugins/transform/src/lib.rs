@@ -65,12 +65,12 @@ impl Plugin for Transform {
 
     fn transform_request_text(cfg: &Config, input: TextTransformInput) -> Result<TextTransformOutput, PluginError> {
         match text::transform(cfg, input.body.get()) {
-            Ok(Ok(None)) => return Ok(TransformOutput::Body(input.body.into())),
+            Ok(text::Outcome::Unchanged) => return Ok(TransformOutput::Body(input.body.into())),
             // Not parsed again: splices keep the text one JSON value (the differential test checks every case),
             // and the host refuses output that is not.
-            Ok(Ok(Some(edited))) => return Ok(TransformOutput::Body(JsonText(edited.into()))),
-            Ok(Err(text::Outcome::Reject(reason, too_large))) => return Ok(reject(reason, too_large)),
-            Ok(Err(text::Outcome::Error(e))) => return Err(e),
+            Ok(text::Outcome::Edited(edited)) => return Ok(TransformOutput::Body(JsonText(edited.into()))),
+            Ok(text::Outcome::Refused(refusal)) => return Ok(refusal),
+            Ok(text::Outcome::Error(e)) => return Err(e),
             Err(text::Tree) => {}
         }
         let body: Value =
@@ -87,13 +87,13 @@ impl Plugin for Transform {
     fn transform_request(cfg: &Config, input: TransformInput) -> Result<TransformOutput, PluginError> {
         let mut body = input.body;
         if let Some(missing) = cfg.require.iter().find(|p| body.pointer(p).is_none()) {
-            return Ok(reject(format!("the payload lacks `{missing}`"), false));
+            return Ok(lacks(missing));
         }
         for (path, max) in &cfg.max_items {
             if let Some(len) = body.pointer(path).and_then(Value::as_array).map(Vec::len)
                 && len > *max
             {
-                return Ok(reject(format!("`{path}` has {len} items; at most {max} are allowed"), true));
+                return Ok(too_many(path, len, *max));
             }
         }
         for path in &cfg.redact {
@@ -110,6 +110,21 @@ gatehouse_plugin_sdk::export_plugin!(Transform);
 
 fn reject<B>(reason: String, too_large: bool) -> TransformOutput<B> {
     TransformOutput::Reject { reason, too_large }
+}
+
+/// The refusal of a payload without a `require`d path (both paths answer with these three).
+fn lacks<B>(path: &str) -> TransformOutput<B> {
+    reject(format!("the payload lacks `{path}`"), false)
+}
+
+/// The refusal of an array longer than its `max_items`.
+fn too_many<B>(path: &str, len: usize, max: usize) -> TransformOutput<B> {
+    reject(format!("`{path}` has {len} items; at most {max} are allowed"), true)
+}
+
+/// The error of a `set` whose parent is missing or not an object.
+fn cannot_set(path: &str) -> PluginError {
+    PluginError::new("bad_config", format!("cannot set `{path}`: its parent is not an object"))
 }
 
 fn split(path: &str) -> Option<(&str, Cow<'_, str>)> {
@@ -140,14 +155,13 @@ fn remove(body: &mut Value, path: &str) {
 }
 
 fn set(body: &mut Value, path: &str, value: Value) -> Result<(), PluginError> {
-    let bad = || PluginError::new("bad_config", format!("cannot set `{path}`: its parent is not an object"));
-    let (parent, key) = split(path).ok_or_else(bad)?;
+    let (parent, key) = split(path).ok_or_else(|| cannot_set(path))?;
     match body.pointer_mut(parent) {
         Some(Value::Object(map)) => {
             map.insert(key.into_owned(), value);
             Ok(())
         }
-        _ => Err(bad()),
+        _ => Err(cannot_set(path)),
     }
 }
 

@@ -2,12 +2,12 @@
 //! edits splice it. Nothing is parsed into a tree, so what the configuration does not touch reaches the backend
 //! as the caller sent it (numbers digit for digit, key order, spacing).
 //!
-//! The tree path ([`crate::tree`]) is the reference. Where the two could disagree, this path declines
+//! The tree path ([`Transform::transform_request`](crate::Transform)) is the reference. Where the two could disagree, this path declines
 //! ([`Tree`]) and the caller runs the tree path instead: a key that occurs twice in an object a pointer walks
 //! through or edits (a tree keeps the last), and nesting deeper than the tree parser accepts.
 
-use crate::{Config, split, unescape};
-use gatehouse_plugin_sdk::{PluginError, serde_json};
+use crate::{Config, cannot_set, lacks, split, too_many, unescape};
+use gatehouse_plugin_sdk::{JsonText, PluginError, TransformOutput, serde_json};
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -18,10 +18,9 @@ pub struct Tree;
 /// Nesting beyond this is left to the tree path (whose parser refuses 128 levels).
 const MAX_DEPTH: usize = 100;
 
-/// What the transform makes of `body` (valid JSON text, as the host checked it): `Ok(Ok(None))` when the
-/// body goes on unchanged, `Ok(Ok(Some(text)))` for an edited body, `Ok(Err(..))` for a rejection or a
-/// configuration error, exactly as the tree path would decide.
-pub fn transform(cfg: &Config, body: &str) -> Result<Result<Option<String>, Outcome>, Tree> {
+/// What the transform makes of `body` (valid JSON text, as the host checked it), exactly as the tree path
+/// would decide.
+pub fn transform(cfg: &Config, body: &str) -> Result<Outcome, Tree> {
     if depth(body.as_bytes())? > MAX_DEPTH {
         return Err(Tree);
     }
@@ -30,7 +29,7 @@ pub fn transform(cfg: &Config, body: &str) -> Result<Result<Option<String>, Outc
     let mut root = Root::default();
     for path in &cfg.require {
         if resolve(s, path, &mut root)?.is_none() {
-            return Ok(Err(Outcome::Reject(format!("the payload lacks `{path}`"), false)));
+            return Ok(Outcome::Refused(lacks(path)));
         }
     }
     for (path, max) in &cfg.max_items {
@@ -39,8 +38,7 @@ pub fn transform(cfg: &Config, body: &str) -> Result<Result<Option<String>, Outc
         {
             let len = elements(s, at.start)?.len();
             if len > *max {
-                let reason = format!("`{path}` has {len} items; at most {max} are allowed");
-                return Ok(Err(Outcome::Reject(reason, true)));
+                return Ok(Outcome::Refused(too_many(path, len, *max)));
             }
         }
     }
@@ -59,17 +57,21 @@ pub fn transform(cfg: &Config, body: &str) -> Result<Result<Option<String>, Outc
                 text.get_or_insert_with(|| body.to_owned()).replace_range(at, &insert);
                 root = Root::default();
             }
-            Err(e) => return Ok(Err(Outcome::Error(e))),
+            Err(e) => return Ok(Outcome::Error(e)),
         }
     }
-    Ok(Ok(text))
+    Ok(text.map_or(Outcome::Unchanged, Outcome::Edited))
 }
 
-/// A decision other than a body to forward.
+/// What the text path decides.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A rejection: the reason, and whether it is for size (413) rather than shape (400).
-    Reject(String, bool),
+    /// The body goes on as it came.
+    Unchanged,
+    /// The body goes on as edited.
+    Edited(String),
+    /// The payload is refused (400 or 413).
+    Refused(TransformOutput<JsonText>),
     /// A configuration the body cannot satisfy.
     Error(PluginError),
 }
@@ -327,9 +329,10 @@ fn setting(
     value: &serde_json::Value,
     root: &mut Root,
 ) -> Result<Result<(Range<usize>, String), PluginError>, Tree> {
-    let bad = || PluginError::new("bad_config", format!("cannot set `{path}`: its parent is not an object"));
-    let Some((parent, key)) = split(path) else { return Ok(Err(bad())) };
-    let Some(at) = resolve(s, parent, root)?.filter(|at| byte(s, at.start) == b'{') else { return Ok(Err(bad())) };
+    let Some((parent, key)) = split(path) else { return Ok(Err(cannot_set(path))) };
+    let Some(at) = resolve(s, parent, root)?.filter(|at| byte(s, at.start) == b'{') else {
+        return Ok(Err(cannot_set(path)));
+    };
     let ms = members_at(s, at.start, root)?;
     let value = serde_json::to_string(value).map_err(|_| Tree)?;
     Ok(Ok(match find(s, &ms, &key)?.and_then(|k| ms.get(k)) {
@@ -510,7 +513,7 @@ mod tests {
             cases += 1;
             if let Ok(decided) = transform(&cfg, &body) {
                 by_text += 1;
-                if let Ok(Some(edited)) = decided {
+                if let Outcome::Edited(edited) = decided {
                     assert!(RawValue::from_string(edited.clone()).is_ok(), "{body} -> {edited}");
                 }
             }
@@ -525,10 +528,19 @@ mod tests {
             serde_json::from_value(serde_json::json!({"redact": ["/user/ssn"], "max_items": {"/b": 1}})).unwrap();
         let body = r#"{"z": 12345678901234567890123, "b": [1.10], "user": {"ssn": "1", "name": "a"}}"#;
         assert_eq!(
-            transform(&cfg, body).unwrap().unwrap(),
+            forwarded(transform(&cfg, body).unwrap()),
             Some(r#"{"z": 12345678901234567890123, "b": [1.10], "user": {"name": "a"}}"#.to_owned())
         );
-        assert_eq!(transform(&cfg, r#"{"a": 1e400}"#).unwrap().unwrap(), None);
+        assert_eq!(forwarded(transform(&cfg, r#"{"a": 1e400}"#).unwrap()), None);
+    }
+
+    /// The text an outcome forwards: `None` for the body unchanged.
+    fn forwarded(outcome: Outcome) -> Option<String> {
+        match outcome {
+            Outcome::Unchanged => None,
+            Outcome::Edited(text) => Some(text),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A key twice on a path, or nesting beyond the limit, is left to the tree path.
